@@ -1,0 +1,38 @@
+# svlab: `make lab` to open the workbench, `make test` to run every test (pytest + nbval).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CORPUS := data/corpus-ci/trials/test.txt
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: lab test lint corpus checkpoints bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(CORPUS): | $(INSTALLED)
+	$(BIN)/svlab data synth --profile ci
+
+corpus: $(CORPUS)
+
+lab: $(INSTALLED) $(CORPUS)
+	$(BIN)/jupyter lab notebooks/
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check svlab tests benchmarks scripts
+
+test: $(INSTALLED) $(CORPUS) lint
+	$(BIN)/pytest --nbval-lax --nbval-current-env tests svlab notebooks
+
+checkpoints: $(INSTALLED) $(CORPUS)
+	$(BIN)/python scripts/make_checkpoints.py
+
+bench: $(INSTALLED) $(CORPUS)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) data/corpus-ci .pytest_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""Checkpoints: written atomically, read back with ``torch.load(..., weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+MODEL_FORMAT = "svlab-model-v1"
+
+
+def save(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it.
+
+    A crash half-way leaves the old file (or none), never a truncated one.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.pt"
+    >>> _ = save(p, {"w": torch.ones(2)}); load(p)["w"].tolist()
+    [1.0, 1.0]
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Read a file written by :func:`save`, allowing only tensors and plain containers.
+
+    >>> load("/no/such/file.pt")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no checkpoint at /no/such/file.pt
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_model(
+    path: str | os.PathLike, model: nn.Module, name: str, overrides: dict | None = None, **meta: Any
+) -> Path:
+    """Save a registry model with what is needed to rebuild it: its name and overrides.
+
+    >>> import tempfile, pathlib
+    >>> from svlab.models import build
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.pt"
+    >>> _ = save_model(p, build("resnet34", base_width=4, embed_dim=8), "resnet34",
+    ...                {"base_width": 4, "embed_dim": 8}, eer=0.1)
+    >>> load_model(p).embed_dim
+    8
+    """
+    return save(
+        path,
+        {
+            "format": MODEL_FORMAT,
+            "model": name,
+            "overrides": dict(overrides or {}),
+            "state_dict": model.state_dict(),
+            "meta": meta,
+        },
+    )
+
+
+def load_model(path: str | os.PathLike, name: str | None = None) -> nn.Module:
+    """Rebuild the model recorded in a checkpoint and load its weights.
+
+    ``name``, when given, must match the architecture in the file; a checkpoint of another
+    architecture fails with a message naming both.
+    """
+    from svlab.models import build
+
+    ckpt = load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not an svlab model checkpoint")
+    if name is not None and name != ckpt["model"]:
+        raise ValueError(f"{path} holds a {ckpt['model']!r} model, not {name!r}")
+    model = build(ckpt["model"], **ckpt["overrides"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: weights do not fit {ckpt['model']!r} with {ckpt['overrides']}: {err}"
+        ) from err
+    return model

@@ -1,0 +1,41 @@
+"""The ``svlab`` command: one subcommand per concept, each registered by its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "svlab.data",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every module's subcommands.
+
+    >>> "data" in build_parser().format_help()
+    True
+    """
+    parser = argparse.ArgumentParser(
+        prog="svlab",
+        description="Memory-efficient training and compression of speaker-verification models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``svlab`` with ``argv`` (default: the command line) and return its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"svlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
