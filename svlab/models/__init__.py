@@ -1,0 +1,36 @@
+"""Speaker-embedding models by name: ``build("resnet34")``, ``available()``, ``register(name)``."""
+
+from svlab.models.dfresnet import DFResNet, InvertedBottleneck, dfresnet_stage
+from svlab.models.ecapa import ECAPATDNN
+from svlab.models.pooling import ASTP, TSTP, make_pooling
+from svlab.models.registry import arguments, available, build, count_parameters, register
+from svlab.models.resnet import BasicBlock, FbankResNet, ResNet, bins_after, conv_bn, resnet_stage
+
+register("resnet18", depths=(2, 2, 2, 2))(ResNet)
+register("resnet34", depths=(3, 4, 6, 3))(ResNet)
+register("dfresnet56", depths=(3, 3, 9, 3))(DFResNet)
+register("dfresnet110", depths=(3, 3, 27, 3))(DFResNet)
+register("dfresnet233", depths=(3, 8, 63, 3))(DFResNet)
+register("ecapa_c512", channels=512)(ECAPATDNN)
+register("ecapa_c1024", channels=1024)(ECAPATDNN)
+
+__all__ = [
+    "ASTP",
+    "TSTP",
+    "BasicBlock",
+    "DFResNet",
+    "ECAPATDNN",
+    "FbankResNet",
+    "InvertedBottleneck",
+    "ResNet",
+    "arguments",
+    "available",
+    "bins_after",
+    "build",
+    "conv_bn",
+    "count_parameters",
+    "dfresnet_stage",
+    "make_pooling",
+    "register",
+    "resnet_stage",
+]
