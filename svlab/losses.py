@@ -1,0 +1,68 @@
+"""Additive angular margin softmax (ArcFace / AAM-softmax) for training speaker embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AAMSoftmax(nn.Module):
+    """Cross-entropy over ``scale * cos(angle + margin)`` for the true speaker, ``scale * cos``
+    for the others, with one learned unit-length centre per training speaker.
+
+    ``margin`` is the current margin; the trainer ramps it from 0 to its final value with
+    :func:`margin_ramp` (wespeaker's recipe: scale 32, margin 0.2). Past the angle
+    ``pi - margin``, where ``cos(angle + margin)`` would grow again, the target logit
+    continues as ``cos(angle) - margin * sin(margin)`` (ArcFace's "easy_margin=False").
+
+    >>> loss_fn = AAMSoftmax(embed_dim=4, n_classes=3)
+    >>> loss = loss_fn(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
+    >>> loss.shape, bool(loss > 0)
+    (torch.Size([]), True)
+    """
+
+    def __init__(
+        self, embed_dim: int, n_classes: int, scale: float = 32.0, margin: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_classes, embed_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale = scale
+        self.margin = margin
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine logits ``[B, n_classes]`` with the margin applied to the true class."""
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
+        sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=0))
+        m = self.margin
+        with_margin = cosine * math.cos(m) - sine * math.sin(m)
+        with_margin = torch.where(
+            cosine > math.cos(math.pi - m), with_margin, cosine - m * math.sin(m)
+        )
+        target = F.one_hot(labels, cosine.shape[1]).bool()
+        return self.scale * torch.where(target, with_margin, cosine)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n_classes = self.weight.shape[0]
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(
+                f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}"
+            )
+        return F.cross_entropy(self.logits(embeddings, labels), labels)
+
+
+def margin_ramp(epoch: float, margin: float, start: float, end: float) -> float:
+    """The margin at (fractional) ``epoch``: 0 before ``start``, ``margin`` from ``end`` on,
+    rising linearly in between.
+
+    >>> [margin_ramp(e, 0.2, start=1, end=3) for e in (0, 1, 2, 3, 9)]
+    [0.0, 0.0, 0.1, 0.2, 0.2]
+    """
+    if epoch <= start:
+        return 0.0
+    if epoch >= end:
+        return margin
+    return margin * (epoch - start) / (end - start)
