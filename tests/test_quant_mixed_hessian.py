@@ -1,0 +1,117 @@
+"""Tests of the Hutchinson Hessian-trace sensitivity against exact Hessians."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from svlab.quant.hessian import embedding_distortion_loss, hessian_sensitivity, hutchinson_trace
+
+
+def symmetric(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return (a + a.T) / 2
+
+
+def tolerance(block, n_samples):
+    """Five standard errors of Hutchinson's mean: Var(v^T A v) = 2 * sum_{i != j} A_ij^2."""
+    off_diagonal = (block**2).sum() - (torch.diagonal(block) ** 2).sum()
+    return 5 * math.sqrt(2 * float(off_diagonal) / n_samples) + 1e-9
+
+
+def test_quadratic_with_coupled_layers_matches_exact_trace():
+    a, b = symmetric(6, 0), symmetric(4, 1)
+    coupling = torch.randn(6, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w1 = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        x2 = w2.reshape(-1)
+        return w1 @ a @ w1 / 2 + x2 @ b @ x2 / 2 + w1 @ coupling @ x2
+
+    n = 3000
+    got = hutchinson_trace(loss, {"w1": w1, "w2": w2}, n_samples=n, seed=5)
+    assert abs(got["w1"] - float(torch.trace(a))) < tolerance(a, n)
+    assert abs(got["w2"] - float(torch.trace(b))) < tolerance(b, n)
+
+
+def test_linear_regression_trace_is_known():
+    """MSE of a linear layer: the Hessian of row k is 2 X^T X / N, its trace 2 ||X||^2 / N."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 7, generator=g), torch.randn(50, 3, generator=g)
+    layer = nn.Linear(7, 3, bias=False)
+    got = hutchinson_trace(
+        lambda: ((layer(x) - y) ** 2).sum(dim=1).mean(), {"weight": layer.weight}, n_samples=400
+    )
+    exact = 3 * 2 * float((x**2).sum()) / 50
+    hessian_block = 2 * x.T.double() @ x.double() / 50
+    assert abs(got["weight"] - exact) < tolerance(hessian_block, 400) * math.sqrt(3)
+
+
+def test_small_network_matches_autograd_hessian():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with torch.no_grad():
+        reference = net(x)
+    loss_fn = embedding_distortion_loss(net, x)
+    with torch.no_grad():  # move away from w0 so the loss has curvature beyond Gauss-Newton
+        net[0].weight.add_(0.3)
+    params = {"0.weight": net[0].weight, "2.weight": net[2].weight}
+    n = 4000
+    got = hutchinson_trace(loss_fn, params, n_samples=n, seed=1)
+    for name, weight in params.items():
+
+        def loss_of(w, name=name):
+            out = torch.func.functional_call(net, {name: w}, (x,))
+            return ((out - reference) ** 2).sum(dim=-1).mean()
+
+        block = torch.autograd.functional.hessian(loss_of, weight.detach().clone())
+        block = block.reshape(weight.numel(), weight.numel())
+        assert abs(got[name] - float(torch.trace(block))) < tolerance(block, n)
+
+
+def test_embedding_distortion_trace_is_gauss_newton_and_positive():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4))
+    x = torch.randn(5, 2, 6)
+    n = 2000
+    traces = hutchinson_trace(
+        embedding_distortion_loss(net, x), {"conv": net[0].weight, "fc": net[3].weight}, n
+    )
+    # Gauss-Newton block of the last (linear) layer: 2 / B * H^T H for each of its 4 rows
+    with torch.no_grad():
+        hidden = net[2](net[1](net[0](x))).double()
+    block = torch.kron(torch.eye(4, dtype=torch.float64), 2 / 5 * hidden.T @ hidden)
+    assert abs(traces["fc"] - float(torch.trace(block))) < tolerance(block, n)
+    assert traces["conv"] > 0
+
+
+def test_sensitivity_is_trace_per_weight_times_error():
+    w = torch.tensor([[0.1, -0.4], [0.25, 0.9]])
+    table = hessian_sensitivity(
+        {"w": w}, {"w": 8.0}, lambda t, bits: (t * 2**bits).round() / 2**bits, (1, 2, 8)
+    )
+    for bits in (1, 2, 8):
+        q = (w * 2**bits).round() / 2**bits
+        assert table["w"][bits] == pytest.approx(8.0 / 4 * float(((q - w) ** 2).sum()))
+    assert table["w"][1] > table["w"][2] > table["w"][8]
+
+
+def test_bad_input():
+    w = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match="n_samples"):
+        hutchinson_trace(lambda: (w**2).sum(), {"w": w}, n_samples=0)
+    with pytest.raises(ValueError, match="no parameters"):
+        hutchinson_trace(lambda: (w**2).sum(), {})
+    with pytest.raises(ValueError, match=r"\['frozen'\] do not require grad"):
+        hutchinson_trace(lambda: (w**2).sum(), {"frozen": torch.ones(2)})
+    other = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"does not depend on parameters \['other'\]"):
+        hutchinson_trace(lambda: (w**2).sum(), {"w": w, "other": other})
+    with pytest.raises(ValueError, match="scalar"):
+        hutchinson_trace(lambda: w**2, {"w": w})
+    with pytest.raises(ValueError, match="no Hessian trace for layer 'w'"):
+        hessian_sensitivity({"w": w}, {}, lambda t, b: t, (2,))
