@@ -198,7 +198,6 @@ class Optimizer8bit(torch.optim.Optimizer):
                 self.state[p][key] = value.detach().to(p.device).clone()
 
 
-
 class SGD8bit(Optimizer8bit):
     """SGD with (optionally Nesterov) momentum whose momentum buffer is stored in 8 bits.
 
