@@ -138,7 +138,7 @@ def test_uniform_levels_are_evenly_spaced_and_fixed():
     levels = q.levels()[0]
     steps = levels.diff()
     torch.testing.assert_close(steps, torch.full_like(steps, float(steps[0])))
-    w = latent_weight(model, "weight")
+    w = latent_weight(model, "weight").detach()
     assert float(levels[0]) == float(w.min()) and abs(float(levels[-1] - w.max())) < 1e-6
 
 

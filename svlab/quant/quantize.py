@@ -11,7 +11,8 @@ parametrization, a :class:`CodebookQuantizer`:
   ``module.parametrizations.weight.original`` (a trainable ``nn.Parameter``);
 - the quantizer holds ``codebook``, a ``[groups, 2**bits]`` fp32 ``nn.Parameter`` (``groups`` is
   1 for a per-tensor codebook, ``weight.shape[0]`` for per-row / per-output-channel ones), and
-  ``bits`` and ``method`` ("kmeans" or "uniform");
+  ``bits`` and ``method`` ("kmeans" or "uniform"; a uniform one also ``grid``, each row's lowest
+  level and step); ``fit_quantizer(weight, bits, ...)`` makes one, ``quantizer.fit(w)`` re-fits;
 - the quantized weight is each latent value replaced by the nearest entry of its row's sorted
   codebook; :meth:`CodebookQuantizer.indices` gives those assignments (what a packed file stores),
   :meth:`CodebookQuantizer.levels` the sorted codebook;
@@ -39,7 +40,7 @@ from torch.nn.utils import parametrize
 
 from svlab.quant.kmeans import METHODS as KMEANS_METHODS
 from svlab.quant.kmeans import check_finite, cluster_rows
-from svlab.quant.uniform import uniform_levels
+from svlab.quant.uniform import levels_from, uniform_grid
 
 QUANT_METHODS = ("kmeans", "uniform")
 GRANULARITIES = ("tensor", "channel")
@@ -61,20 +62,46 @@ class _StraightThrough(torch.autograd.Function):
 class CodebookQuantizer(nn.Module):
     """Parametrization mapping a latent weight to the nearest entries of a codebook.
 
-    >>> q = CodebookQuantizer(torch.tensor([[-1.0, 0.0, 1.0, 2.0]]), bits=2, method="kmeans")
+    Made empty (``groups`` rows of ``2**bits`` zeros), then fitted to a weight with :meth:`fit`.
+    A uniform quantizer also keeps ``grid`` (``[groups, 2]``: each row's lowest level and step),
+    from which its codebook is computed exactly.
+
+    >>> q = CodebookQuantizer(groups=1, bits=2, method="kmeans")
+    >>> with torch.no_grad():
+    ...     _ = q.codebook.copy_(torch.tensor([[-1.0, 0.0, 1.0, 2.0]]))
     >>> q(torch.tensor([[0.4, 1.6], [-3.0, 0.6]])).tolist()
     [[0.0, 2.0], [-1.0, 1.0]]
     """
 
     def __init__(
-        self, codebook: torch.Tensor, bits: int, method: str, learn_codebook: bool = False
+        self, groups: int, bits: int, method: str = "kmeans", learn_codebook: bool = False
     ) -> None:
         super().__init__()
-        if codebook.dim() != 2 or codebook.shape[1] != 2**bits:
-            raise ValueError(f"codebook must be [groups, 2**bits={2**bits}], got {codebook.shape}")
-        self.codebook = nn.Parameter(codebook.detach().clone(), requires_grad=learn_codebook)
+        _check_bits(bits, "a quantizer")
+        if method not in QUANT_METHODS:
+            raise ValueError(f"method must be one of {QUANT_METHODS}, got {method!r}")
+        self.codebook = nn.Parameter(torch.zeros(groups, 2**bits), requires_grad=learn_codebook)
+        if method == "uniform":
+            self.register_buffer("grid", torch.zeros(groups, 2))
+        else:
+            self.grid = None
         self.bits = bits
         self.method = method
+
+    def fit(self, latent: torch.Tensor, kmeans_method: str = "auto", name: str = "weight") -> None:
+        """Set the codebook (and grid) from the weight ``latent`` (named ``name`` in errors)."""
+        rows = latent.detach().float().reshape(self.codebook.shape[0], -1).cpu()
+        check_finite(rows, name)
+        with torch.no_grad():
+            if self.method == "uniform":
+                self.grid.copy_(uniform_grid(rows, 2**self.bits))
+                self.codebook.copy_(levels_from(self.grid[:, 0], self.grid[:, 1], 2**self.bits))
+            else:
+                if kmeans_method not in KMEANS_METHODS:
+                    raise ValueError(
+                        f"kmeans_method must be one of {KMEANS_METHODS}, got {kmeans_method!r}"
+                    )
+                self.codebook.copy_(cluster_rows(rows, 2**self.bits, kmeans_method))
 
     @property
     def granularity(self) -> str:
@@ -198,7 +225,7 @@ def bit_map(
     return {n: plan[n] for n in names if n in plan}
 
 
-def fit_codebook(
+def fit_quantizer(
     weight: torch.Tensor,
     bits: int,
     *,
@@ -206,27 +233,21 @@ def fit_codebook(
     method: str = "kmeans",
     kmeans_method: str = "auto",
     name: str = "weight",
-) -> torch.Tensor:
-    """The fp32 codebook ``[groups, 2**bits]`` that quantizes ``weight`` (sorted rows).
+) -> CodebookQuantizer:
+    """A quantizer for ``weight``: one codebook (``"tensor"``) or one per row (``"channel"``).
 
-    >>> fit_codebook(torch.tensor([0.0, 0.1, 0.9, 1.0]), 1).tolist()
+    >>> fit_quantizer(torch.tensor([0.0, 0.1, 0.9, 1.0]), 1).codebook.tolist()
     [[0.05000000074505806, 0.949999988079071]]
-    >>> fit_codebook(torch.tensor([0.0, 0.1, 0.9, 1.0]), 1, method="uniform").tolist()
+    >>> fit_quantizer(torch.tensor([0.0, 0.1, 0.9, 1.0]), 1, method="uniform").codebook.tolist()
     [[0.0, 1.0]]
     """
     _check_bits(bits, name)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if method not in QUANT_METHODS:
-        raise ValueError(f"method must be one of {QUANT_METHODS}, got {method!r}")
-    if kmeans_method not in KMEANS_METHODS:
-        raise ValueError(f"kmeans_method must be one of {KMEANS_METHODS}, got {kmeans_method!r}")
     groups = weight.shape[0] if granularity == "channel" and weight.dim() > 1 else 1
-    rows = weight.detach().float().reshape(groups, -1).cpu()
-    check_finite(rows, name)
-    if method == "uniform":
-        return uniform_levels(rows, 2**bits)
-    return cluster_rows(rows, 2**bits, kmeans_method).float()
+    quantizer = CodebookQuantizer(groups, bits, method)
+    quantizer.fit(weight, kmeans_method, name)
+    return quantizer.to(weight.device)
 
 
 def clone_model(model: nn.Module) -> nn.Module:
@@ -293,7 +314,7 @@ def quantize_model(
         module = quantized.get_submodule(module_name)
         if parametrize.is_parametrized(module, attr):
             raise ValueError(f"{name} is already quantized; quantize the fp32 model instead")
-        codebook = fit_codebook(
+        quantizer = fit_quantizer(
             getattr(module, attr),
             width,
             granularity=granularity,
@@ -301,8 +322,7 @@ def quantize_model(
             kmeans_method=kmeans_method,
             name=name,
         )
-        device = getattr(module, attr).device
-        quantizer = CodebookQuantizer(codebook.to(device), width, method, learn_codebook)
+        quantizer.codebook.requires_grad_(learn_codebook)
         parametrize.register_parametrization(module, attr, quantizer)
     return quantized
 
@@ -345,16 +365,7 @@ def requantize(model: nn.Module, kmeans_method: str = "auto") -> nn.Module:
     True
     """
     for name, quantizer in quantizers(model).items():
-        codebook = fit_codebook(
-            latent_weight(model, name),
-            quantizer.bits,
-            granularity=quantizer.granularity,
-            method=quantizer.method,
-            kmeans_method=kmeans_method,
-            name=name,
-        )
-        with torch.no_grad():
-            quantizer.codebook.copy_(codebook)
+        quantizer.fit(latent_weight(model, name), kmeans_method, name)
     return model
 
 
