@@ -1,0 +1,265 @@
+"""The workbench's state: bits per layer, the quantized weights, and the EER they give, kept live.
+
+:class:`LiveQuantizer` holds a working copy of a trained model and an evaluation set. Setting one
+layer's bits swaps in that layer's quantized weight (from a cache keyed by layer, bits, quantizer
+and granularity, so each k-means problem is solved once), re-embeds the evaluation utterances from
+the first block that changed (:class:`svlab.workbench.cache.PrefixCache`) and re-scores the
+trials. Everything the workbench panels show is read from here, so it is tested without a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from svlab.evaluate import EvalSet, read_trials
+from svlab.metrics import det_curve
+from svlab.quant import clone_model, fit_quantizer, quantizable_names
+from svlab.quant.binarize import Binarizer
+from svlab.quant.packed import model_size
+from svlab.workbench.cache import PrefixCache
+
+Bits = int | None  # None: the layer stays fp32
+CODEBOOK_METHODS = ("kmeans", "uniform")
+BINARY_SCHEMES = ("sign", "static", "adaptive")
+QUANTIZERS = CODEBOOK_METHODS + BINARY_SCHEMES
+GRANULARITIES = ("tensor", "channel")
+
+
+def workbench_trials(
+    root: str | Path, per_speaker: int = 4, trials: str = "test.txt"
+) -> list[tuple[int, str, str]]:
+    """A small trial list for live scoring: every pair among a few utterances of each speaker.
+
+    From the utterances of ``root/trials/<trials>``, each test speaker keeps ``per_speaker``
+    of them, taken from as many different sessions as possible (sorted paths, so the choice is
+    deterministic); every pair of the kept utterances is a trial. Few utterances to embed,
+    many trials to score: an EER that moves smoothly and is quick to recompute.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "trials").mkdir()
+    >>> _ = (root / "trials" / "test.txt").write_text(
+    ...     "1 a/s1/1.wav a/s2/1.wav\\n0 a/s1/1.wav b/s1/1.wav\\n1 b/s1/1.wav b/s1/2.wav\\n")
+    >>> workbench_trials(root, per_speaker=2)
+    [(1, 'a/s1/1.wav', 'a/s2/1.wav'), (0, 'a/s1/1.wav', 'b/s1/1.wav'), \
+(0, 'a/s1/1.wav', 'b/s1/2.wav'), (0, 'a/s2/1.wav', 'b/s1/1.wav'), \
+(0, 'a/s2/1.wav', 'b/s1/2.wav'), (1, 'b/s1/1.wav', 'b/s1/2.wav')]
+    """
+    if per_speaker < 1:
+        raise ValueError(f"per_speaker must be at least 1, got {per_speaker}")
+    listed = read_trials(Path(root) / "trials" / trials)
+    by_speaker: dict[str, dict[str, list[str]]] = {}
+    for path in sorted({p for _, a, b in listed for p in (a, b)}):
+        speaker, session = path.split("/")[:2]
+        by_speaker.setdefault(speaker, {}).setdefault(session, []).append(path)
+    kept = []
+    for sessions in by_speaker.values():
+        rounds = [paths[i] for i in range(max(map(len, sessions.values())))
+                  for paths in sessions.values() if i < len(paths)]
+        kept += sorted(rounds[:per_speaker])
+    if len(by_speaker) < 2:
+        raise ValueError(f"{trials} names fewer than 2 speakers: no non-target trials")
+    return [
+        (int(a.split("/")[0] == b.split("/")[0]), a, b)
+        for i, a in enumerate(kept)
+        for b in kept[i + 1 :]
+    ]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the panels show about one state of the model: EER, minDCF and the DET curve."""
+
+    eer: float
+    min_dcf: float
+    far: np.ndarray
+    frr: np.ndarray
+
+
+class LiveQuantizer:
+    """A trained model whose layers are quantized one at a time, re-scored after each change.
+
+    ``layers`` are the weights that get a bits setting (default: every Conv/Linear/RNN weight,
+    :func:`svlab.quant.quantizable_names`); all start at fp32. ``quantizer`` is ``"kmeans"`` or
+    ``"uniform"`` (a codebook of ``2**bits`` levels, :func:`svlab.quant.fit_quantizer`), or a
+    1-bit scheme of :class:`svlab.quant.binarize.Binarizer` (``"sign"``, ``"static"``,
+    ``"adaptive"``), which acts on the layers at 1 bit while the others use k-means.
+    ``granularity`` is ``"tensor"`` (one codebook or scale per layer) or ``"channel"``.
+
+    >>> from svlab.models import ResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = ResNet([1, 1], 2, feat_dim=8, embed_dim=4, strides=(1, 2))
+    >>> evalset = EvalSet(["a", "b", "c"], [torch.randn(3, 6, 8)], torch.zeros(3, 8),
+    ...                   [("a", "b"), ("a", "c"), ("b", "c")], np.array([1, 0, 0]))
+    >>> live = LiveQuantizer(net, evalset)
+    >>> live.set_bits("embedding.weight", 2).eer >= 0
+    True
+    >>> live.bits["embedding.weight"], live.cache.last_recomputed
+    (2, ['embedding'])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        evalset: EvalSet,
+        layers: Sequence[str] | None = None,
+        quantizer: str = "kmeans",
+        granularity: str = "tensor",
+    ) -> None:
+        self.model = clone_model(model).eval()
+        self.evalset = evalset
+        self.layers = list(layers) if layers is not None else quantizable_names(self.model)
+        params = dict(self.model.named_parameters())
+        unknown = [name for name in self.layers if name not in params]
+        if unknown:
+            raise ValueError(f"{type(model).__name__} has no parameter(s) {unknown}")
+        self.original = {name: params[name].detach().clone() for name in self.layers}
+        self._params = {name: params[name] for name in self.layers}
+        self.bits: dict[str, Bits] = dict.fromkeys(self.layers)
+        self.quantizer = _check_choice(quantizer, QUANTIZERS, "quantizer")
+        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self._quantized: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache = PrefixCache(self.model, evalset.batches)
+        self.fp32 = self._rescore(changed=None)
+        self.current = self.fp32
+
+    # ---- quantized weights, cached ----
+    def scheme(self, bits: Bits) -> str | None:
+        """Which quantizer a layer at ``bits`` uses (``None`` at fp32).
+
+        >>> live = LiveQuantizer.__new__(LiveQuantizer); live.quantizer = "static"
+        >>> live.scheme(1), live.scheme(4), live.scheme(None)
+        ('static', 'kmeans', None)
+        """
+        if bits is None:
+            return None
+        if self.quantizer in BINARY_SCHEMES:
+            return self.quantizer if bits == 1 else "kmeans"
+        return self.quantizer
+
+    def quantized(self, layer: str, bits: Bits) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``layer``'s weight at ``bits`` (current quantizer and granularity) and its levels.
+
+        Levels are the sorted values each group of weights can take, ``[groups, n_levels]``
+        (``None`` at fp32). Cached per (layer, bits, scheme, granularity).
+        """
+        if layer not in self.original:
+            raise ValueError(f"unknown layer {layer!r}; the layers are {self.layers}")
+        _check_bits(bits, layer)
+        scheme = self.scheme(bits)
+        if scheme is None:
+            return self.original[layer], None
+        key = (layer, bits, scheme, self.granularity)
+        if key not in self._quantized:
+            weight = self.original[layer]
+            with torch.no_grad():
+                if scheme in BINARY_SCHEMES:
+                    binarizer = Binarizer(weight, scheme, self.granularity)
+                    quantized = binarizer(weight)
+                    rows = quantized.reshape(binarizer.groups, -1)
+                    levels = torch.stack([rows.min(dim=1).values, rows.max(dim=1).values], 1)
+                else:
+                    fitted = fit_quantizer(
+                        weight, bits, granularity=self.granularity, method=scheme, name=layer
+                    )
+                    quantized, levels = fitted(weight), fitted.levels()
+            self._quantized[key] = (quantized.detach(), levels.detach())
+        return self._quantized[key]
+
+    # ---- changing the state ----
+    def set_bits(self, layer: str, bits: Bits) -> Scores:
+        """Quantize one layer to ``bits`` (``None``: fp32) and re-score."""
+        return self.set_bit_map({layer: bits})
+
+    def set_bit_map(self, bit_map: Mapping[str, Bits]) -> Scores:
+        """Set several layers' bits at once (one re-embedding) and re-score."""
+        for layer, bits in bit_map.items():
+            if layer not in self.bits:
+                raise ValueError(f"unknown layer {layer!r}; the layers are {self.layers}")
+            _check_bits(bits, layer)
+        changed = [layer for layer, bits in bit_map.items() if bits != self.bits[layer]]
+        for layer in changed:
+            self._load(layer, bit_map[layer])
+        if changed:
+            self.current = self._rescore(changed)
+        return self.current
+
+    def set_all(self, bits: Bits) -> Scores:
+        """Every layer at ``bits``."""
+        return self.set_bit_map(dict.fromkeys(self.layers, bits))
+
+    def set_quantizer(self, quantizer: str, granularity: str | None = None) -> Scores:
+        """Switch the quantizer (and granularity); the quantized layers are re-quantized."""
+        self.quantizer = _check_choice(quantizer, QUANTIZERS, "quantizer")
+        if granularity is not None:
+            self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        quantized = [layer for layer, bits in self.bits.items() if bits is not None]
+        for layer in quantized:
+            self._load(layer, self.bits[layer])
+        if quantized:
+            self.current = self._rescore(quantized)
+        return self.current
+
+    def _load(self, layer: str, bits: Bits) -> None:
+        weight, _ = self.quantized(layer, bits)
+        with torch.no_grad():
+            self._params[layer].copy_(weight)
+        self.bits[layer] = bits
+
+    def _rescore(self, changed: Sequence[str] | None) -> Scores:
+        embeddings = self.cache.embed(changed)
+        result = self.evalset.score_embeddings(
+            dict(zip(self.evalset.keys, embeddings, strict=True))
+        )
+        far, frr = det_curve(result["scores"], result["labels"])
+        return Scores(float(result["eer"]), float(result["min_dcf"]), far, frr)
+
+    # ---- size ----
+    def size_bytes(self, bit_map: Mapping[str, Bits] | None = None) -> int:
+        """Bytes of the packed model (:func:`svlab.quant.packed.model_size`): codebook layers as
+        indices plus codebooks, 1-bit layers as bits plus scales, everything else as stored."""
+        bit_map = dict(self.bits if bit_map is None else bit_map)
+        codebook = {
+            name: bits for name, bits in bit_map.items() if self.scheme(bits) in CODEBOOK_METHODS
+        }
+        method = self.quantizer if self.quantizer in CODEBOOK_METHODS else "kmeans"
+        size = model_size(self.model, codebook, granularity=self.granularity, method=method)
+        for name, bits in bit_map.items():
+            if self.scheme(bits) in BINARY_SCHEMES:
+                weight = self.original[name]
+                binarizer = Binarizer(weight, self.quantizer, self.granularity)
+                size += (binarizer.storage_bits(weight.numel()) + 7) // 8
+                size -= weight.numel() * weight.element_size()
+        return size
+
+    def summary(self) -> dict[str, float]:
+        """The numbers of the panels: EER and minDCF (now and fp32), size in KB and ratio."""
+        fp32_size = self.size_bytes(dict.fromkeys(self.layers))
+        size = self.size_bytes()
+        return {
+            "eer": self.current.eer,
+            "min_dcf": self.current.min_dcf,
+            "fp32_eer": self.fp32.eer,
+            "fp32_min_dcf": self.fp32.min_dcf,
+            "size_kb": size / 1024,
+            "fp32_size_kb": fp32_size / 1024,
+            "ratio": fp32_size / size,
+        }
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _check_bits(bits: object, layer: str) -> None:
+    if bits is None:
+        return
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"bits for layer {layer!r} must be 1..8 or None (fp32), got {bits!r}")
