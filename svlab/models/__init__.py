@@ -34,3 +34,5 @@ __all__ = [
     "register",
     "resnet_stage",
 ]
+
+import svlab.reversible  # noqa: E402, F401  (registers rev_resnet18/34, rev_dfresnet56/110/233)

@@ -1,0 +1,382 @@
+"""Where training memory goes: parameters, gradients, optimizer states and saved activations."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CATEGORIES = ["parameters", "gradients", "optimizer states", "activations"]
+GPU_2080TI_BYTES = 11 * 1024**3
+MIN_8BIT_SIZE = 4096  # bitsandbytes keeps smaller tensors' states in 32 bits
+BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
+STATE_LAYOUT = {  # optimizer name -> (states per parameter, 8-bit states?, scalar step tensor?)
+    "sgd": (1, False, False),
+    "adam": (2, False, True),
+    "adamw": (2, False, True),
+    "sgd8bit": (1, True, False),
+    "adam8bit": (2, True, False),
+    "adamw8bit": (2, True, False),
+}
+
+
+# ---------------------------------------------------------------- counting bytes
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    """An id of the memory ``t`` lives in, shared by all views of it (meta tensors too)."""
+    return t.untyped_storage()._cdata
+
+
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once.
+
+    >>> w = torch.zeros(10); unique_bytes([w, w[2:], w.view(2, 5), torch.zeros(3)])
+    52
+    """
+    sizes = {_storage_key(t): t.untyped_storage().nbytes() for t in tensors}
+    return sum(sizes.values())
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (momenta, 8-bit codes, absmax, shared maps).
+
+    Uses ``svlab.optim.state_bytes`` when the optimizer package provides it, otherwise
+    counts the tensors in ``optimizer.state`` with shared storage counted once.
+
+    >>> p = nn.Parameter(torch.ones(3)); opt = torch.optim.Adam([p]); p.grad = torch.ones(3)
+    >>> opt.step(); optimizer_state_bytes(opt)  # exp_avg, exp_avg_sq and the step counter
+    28
+    """
+    try:
+        from svlab.optim import state_bytes
+    except ImportError:
+        return unique_bytes(_state_tensors(optimizer))
+    return int(state_bytes(optimizer))
+
+
+def projected_state_bytes(numels: Iterable[int], optimizer: str) -> int:
+    """Bytes of optimizer state for parameters of these sizes, without building the optimizer.
+
+    8-bit states follow bitsandbytes: 1 byte per value plus a float32 absmax per 256-value
+    block for tensors of at least 4096 values, float32 states for smaller ones, and one
+    256-entry float32 code table per state kind. ``"sgd"`` means SGD with momentum.
+
+    >>> projected_state_bytes([10_000, 100], "adam")  # 2 float32 states + a step per tensor
+    80808
+    >>> projected_state_bytes([10_000, 100], "adam8bit")  # 2 * (10000 + 4 * 40) + 2 * 400 + 2048
+    23168
+    """
+    if optimizer not in STATE_LAYOUT:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(STATE_LAYOUT)}")
+    states, eight_bit, step = STATE_LAYOUT[optimizer]
+    total, any_quantized = 0, False
+    for n in numels:
+        if eight_bit and n >= MIN_8BIT_SIZE:
+            total += states * (n + 4 * math.ceil(n / BLOCK_SIZE))
+            any_quantized = True
+        else:
+            total += states * 4 * n
+        total += 4 if step else 0
+    return total + (states * 256 * 4 if any_quantized else 0)
+
+
+class SavedTensorRecorder:
+    """Records the tensors autograd saves for backward while active (``with recorder:``).
+
+    Parameters and buffers given in ``exclude`` are not activations and are skipped; every
+    storage is counted once, however many ops save it or views of it.
+
+    >>> lin = nn.Linear(4, 4)
+    >>> with SavedTensorRecorder(exclude=lin.parameters()) as rec:
+    ...     y = torch.relu(lin(torch.ones(8, 4)))
+    >>> rec.bytes  # the input (8 x 4) for the weight gradient, the ReLU output (8 x 4)
+    256
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self.excluded = {_storage_key(t) for t in exclude}
+        self.sizes: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self.excluded:
+            self.sizes[key] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        """Total bytes of the distinct storages saved so far."""
+        return sum(self.sizes.values())
+
+    def __enter__(self) -> SavedTensorRecorder:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+# ---------------------------------------------------------------- measuring one training step
+
+
+class CosineClassifier(nn.Module):
+    """Scaled cosine logits and cross-entropy: AAM-softmax's weights and memory, no margin.
+
+    It stands in for the speaker classifier in :func:`project` (and can be passed to
+    :func:`breakdown` as the loss), since its parameters (classes x embedding) count too.
+
+    >>> head = CosineClassifier(4, num_classes=3)
+    >>> head(torch.randn(2, 4), torch.tensor([0, 2])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 32.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) * embed_dim**-0.5)
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight))
+        return F.cross_entropy(self.scale * cosine, labels)
+
+
+def _mean_square(embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    return embeddings.square().mean()
+
+
+def _trainable(model: nn.Module, optimizer, loss_fn) -> list[torch.Tensor]:
+    tensors = list(model.parameters()) + list(model.buffers())
+    if isinstance(loss_fn, nn.Module):
+        tensors += list(loss_fn.parameters()) + list(loss_fn.buffers())
+    if optimizer is not None:
+        tensors += [p for group in optimizer.param_groups for p in group["params"]]
+    return tensors
+
+
+def _table(sizes: Mapping[str, int]) -> pd.DataFrame:
+    frame = pd.DataFrame({"bytes": pd.Series(sizes, dtype="int64")})
+    frame.index.name = "category"
+    frame["MiB"] = frame["bytes"] / 2**20
+    return frame
+
+
+def breakdown(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    restore: bool = True,
+) -> pd.DataFrame:
+    """Run one training step and return the bytes it holds, by category.
+
+    ``batch`` is the input features or ``(features, labels)``; ``loss_fn(embeddings, labels)``
+    defaults to the mean square of the embeddings. Rows: parameters (and buffers, e.g.
+    BatchNorm statistics), gradients, optimizer states (after the step) and activations,
+    the distinct tensors autograd saved for backward during forward and loss (recorded with
+    ``saved_tensors_hooks``). On CUDA two more rows: ``other``, the allocator's peak over
+    the step minus those four (workspaces, temporaries; it can be negative, since
+    activations are freed during backward while gradients appear), and the attributes
+    ``cuda_peak_bytes`` and ``cuda_activation_bytes`` (memory allocated after forward minus
+    before), to compare with the hooks. With ``restore`` the model, the optimizer and the
+    gradients are put back as they were, so measuring does not train.
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> breakdown(model, opt, torch.ones(16, 4))["bytes"].to_dict()  # activations: the input,
+    ...                                    # the ReLU output and the embeddings squared by the loss
+    {'parameters': 232, 'gradients': 232, 'optimizer states': 232, 'activations': 896}
+    """
+    features, labels = batch if isinstance(batch, tuple | list) else (batch, None)
+    loss_fn = _mean_square if loss_fn is None else loss_fn
+    tensors = _trainable(model, optimizer, loss_fn)
+    params = [t for t in tensors if isinstance(t, nn.Parameter)]
+    saved = _snapshot(model, optimizer, loss_fn, params) if restore else None
+    cuda = features.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(features.device)
+        torch.cuda.reset_peak_memory_stats(features.device)
+        before = torch.cuda.memory_allocated(features.device)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    with SavedTensorRecorder(exclude=tensors) as recorder:
+        loss = loss_fn(model(features), labels)
+    if cuda:
+        after_forward = torch.cuda.memory_allocated(features.device)
+    loss.backward()
+    del loss
+    grad_bytes = unique_bytes(p.grad for p in params if p.grad is not None)
+    if optimizer is not None:
+        optimizer.step()
+    sizes = {
+        "parameters": unique_bytes(tensors),
+        "gradients": grad_bytes,
+        "optimizer states": 0 if optimizer is None else optimizer_state_bytes(optimizer),
+        "activations": recorder.bytes,
+    }
+    attrs = {}
+    if cuda:
+        torch.cuda.synchronize(features.device)
+        peak = torch.cuda.max_memory_allocated(features.device)
+        sizes["other"] = peak - sum(sizes.values())
+        attrs = {"cuda_peak_bytes": peak, "cuda_activation_bytes": after_forward - before}
+    if saved is not None:
+        _restore(model, optimizer, loss_fn, params, saved)
+    frame = _table(sizes)
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _snapshot(model, optimizer, loss_fn, params):
+    modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+    return (
+        [copy.deepcopy(m.state_dict()) for m in modules],
+        None if optimizer is None else copy.deepcopy(optimizer.state_dict()),
+        [p.grad for p in params],
+    )
+
+
+def _restore(model, optimizer, loss_fn, params, saved) -> None:
+    states, optimizer_state, grads = saved
+    modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+    for module, state in zip(modules, states, strict=True):
+        module.load_state_dict(state)
+    if optimizer is not None:
+        optimizer.state.clear()
+        optimizer.load_state_dict(optimizer_state)
+    for p, grad in zip(params, grads, strict=True):
+        p.grad = grad
+
+
+# ---------------------------------------------------------------- projecting without running
+
+
+def project(
+    model_name: str,
+    batch_size: int = 128,
+    frames: int = 200,
+    optimizer: str = "sgd",
+    dtype: torch.dtype = torch.float32,
+    feat_dim: int = 80,
+    num_classes: int = 5994,
+    **overrides,
+) -> pd.DataFrame:
+    """The :func:`breakdown` of one training step of a registered model, without running it.
+
+    The model, a :class:`CosineClassifier` over ``num_classes`` speakers (5994 in VoxCeleb2
+    dev; 0 for none) and a ``batch_size x frames x feat_dim`` batch are built on the meta
+    device, which has shapes but no data: the forward pass records what autograd would save
+    (same hooks as :func:`breakdown`), gradients are the trainable parameters' size and the
+    optimizer states follow :func:`projected_state_bytes`. ``optimizer`` is one of
+    ``sgd`` (with momentum), ``adam``, ``adamw``, ``sgd8bit``, ``adam8bit``, ``adamw8bit``.
+    Allocator workspaces and the CUDA context (a few hundred MiB) are not included.
+
+    >>> table = project("resnet34", batch_size=128, frames=200, optimizer="adam")
+    >>> round(float(table.loc["parameters", "bytes"]) / 1e6, 1), fits(table)
+    (32.7, True)
+    """
+    from svlab.models import build
+
+    if batch_size < 1 or frames < 1:
+        raise ValueError(f"batch_size and frames must be positive, got {batch_size}, {frames}")
+    with torch.device("meta"):
+        model = build(model_name, feat_dim=feat_dim, **overrides).to(dtype)
+        head = CosineClassifier(model.embed_dim, num_classes).to(dtype) if num_classes else None
+        features = torch.empty(batch_size, frames, feat_dim, dtype=dtype)
+        labels = torch.zeros(batch_size, dtype=torch.long)
+    model.train()
+    loss_fn = _mean_square if head is None else head
+    tensors = _trainable(model, None, loss_fn)
+    trainable = [t for t in tensors if isinstance(t, nn.Parameter) and t.requires_grad]
+    with SavedTensorRecorder(exclude=tensors) as recorder:
+        loss_fn(model(features), labels)
+    sizes = {
+        "parameters": unique_bytes(tensors),
+        "gradients": unique_bytes(trainable),
+        "optimizer states": projected_state_bytes(
+            [p.numel() for p in trainable], optimizer
+        ),
+        "activations": recorder.bytes,
+    }
+    return _table(sizes)
+
+
+def fits(table: pd.DataFrame, capacity_bytes: int = GPU_2080TI_BYTES) -> bool:
+    """Whether the breakdown's total fits in ``capacity_bytes`` (default: an 11 GiB 2080Ti).
+
+    >>> fits(_table({"parameters": 10, "activations": 5}), capacity_bytes=12)
+    False
+    """
+    return bool(table["bytes"].clip(lower=0).sum() <= capacity_bytes)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def long_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Breakdowns keyed by setting (model, batch size, depth...) as one long table.
+
+    >>> long_table({"a": _table({"parameters": 2**20})})[["setting", "category", "MiB"]]
+      setting    category  MiB
+    0       a  parameters  1.0
+    """
+    rows = [
+        {"setting": str(setting), "category": category, "bytes": int(b), "MiB": b / 2**20}
+        for setting, table in tables.items()
+        for category, b in table["bytes"].items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def stacked_bar(
+    tables: Mapping[str, pd.DataFrame],
+    title: str = "Training memory by category",
+    capacity_bytes: int | None = GPU_2080TI_BYTES,
+    xlabel: str = "setting",
+):
+    """A plotly stacked bar per setting (a model, batch size or depth), in GiB, with a line at
+    ``capacity_bytes`` (the 2080Ti's 11 GiB by default; ``None`` for no line).
+
+    >>> fig = stacked_bar({"tiny": _table({"parameters": 2**30, "activations": 2**31})})
+    >>> [trace.name for trace in fig.data], fig.layout.barmode
+    (['parameters', 'activations'], 'stack')
+    """
+    import plotly.graph_objects as go
+
+    data = long_table(tables)
+    fig = go.Figure()
+    for category in dict.fromkeys(data["category"]):
+        part = data[data["category"] == category]
+        fig.add_bar(name=category, x=part["setting"], y=part["bytes"] / 2**30)
+    fig.update_layout(barmode="stack", title=title, xaxis_title=xlabel, yaxis_title="GiB")
+    if capacity_bytes is not None:
+        fig.add_hline(
+            y=capacity_bytes / 2**30,
+            line_dash="dash",
+            annotation_text=f"{capacity_bytes / 2**30:.0f} GiB (2080Ti)",
+        )
+    return fig
+
+
+def sweep(
+    settings: Mapping[str, Mapping], **common
+) -> dict[str, pd.DataFrame]:
+    """:func:`project` for each named setting (its keyword arguments over ``common``).
+
+    >>> tables = sweep({"b32": {"batch_size": 32}, "b64": {"batch_size": 64}},
+    ...                model_name="resnet18", frames=200)
+    >>> activations = {name: table.loc["activations", "bytes"] for name, table in tables.items()}
+    >>> round(float(activations["b64"] / activations["b32"]), 1)  # twice the batch
+    2.0
+    """
+    return {name: project(**{**common, **kwargs}) for name, kwargs in settings.items()}
