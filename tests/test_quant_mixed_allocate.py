@@ -5,14 +5,21 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from svlab.quant import quantize_model
 from svlab.quant.allocate import (
     BudgetError,
     allocate_bits,
     bit_map_size,
+    fp32_rest_bytes,
     layer_size_bits,
+    layer_sizes,
+    plan_bits,
     total_sensitivity,
 )
+from svlab.quant.packed import model_size
 
 
 def brute_force(sensitivity, sizes, budget, choices):
@@ -116,3 +123,49 @@ def test_bit_map_naming_no_layer():
         bit_map_size({}, {"a": 10})
     with pytest.raises(ValueError, match="'nope'"):
         bit_map_size({"nope": 2}, {"a": 10})
+
+
+def conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(4, 16, 3),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Conv1d(16, 32, 3),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4, 8),
+    )
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_layer_sizes_agree_with_model_size(granularity):
+    net = conv_net()
+    sizes = layer_sizes(net, (1, 2, 3), granularity=granularity)
+    plan = {"0.weight": 3, "3.weight": 1, "7.weight": 2}
+    want = model_size(quantize_model(net, plan, granularity=granularity))
+    got = sum(sizes[k][b] for k, b in plan.items()) // 8 + fp32_rest_bytes(net, list(plan))
+    assert got == want
+
+
+def test_plan_bits_fits_the_model_size_and_is_optimal():
+    net = conv_net()
+    rng = np.random.default_rng(0)
+    sensitivity = {
+        name: {b: float(rng.uniform(1, 5)) * 4.0**-b for b in (1, 2, 4, 8)}
+        for name in ("0.weight", "3.weight", "7.weight")
+    }
+    smallest = model_size(net, 1)
+    for size in np.linspace(smallest, model_size(net, 8), 6):
+        plan = plan_bits(net, sensitivity, size, (1, 2, 4, 8))
+        assert model_size(quantize_model(net, plan)) <= size
+        better = [
+            dict(zip(plan, combo, strict=True))
+            for combo in itertools.product((1, 2, 4, 8), repeat=3)
+        ]
+        fitting = [p for p in better if model_size(net, p) <= size]
+        best = min(total_sensitivity(p, sensitivity) for p in fitting)
+        assert math.isclose(total_sensitivity(plan, sensitivity), best)
+    with pytest.raises(BudgetError, match=f"smallest possible, {smallest} bytes"):
+        plan_bits(net, sensitivity, smallest - 1, (1, 2, 4, 8))

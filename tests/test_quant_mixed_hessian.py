@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from svlab.quant.hessian import embedding_distortion_loss, hessian_sensitivity, hutchinson_trace
+from svlab.quant import quantize_model
+from svlab.quant.hessian import (
+    embedding_distortion_loss,
+    hessian_sensitivity,
+    hutchinson_trace,
+    model_hessian_sensitivity,
+    quantization_errors,
+)
 
 
 def symmetric(n, seed):
@@ -115,3 +122,28 @@ def test_bad_input():
         hutchinson_trace(lambda: w**2, {"w": w})
     with pytest.raises(ValueError, match="no Hessian trace for layer 'w'"):
         hessian_sensitivity({"w": w}, {}, lambda t, b: t, (2,))
+
+
+def test_quantization_errors_match_quantize_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    errors = quantization_errors(net, (1, 3), granularity="channel")
+    for bits in (1, 3):
+        q = quantize_model(net, bits, granularity="channel")
+        for i, name in [(0, "0.weight"), (3, "3.weight")]:
+            want = float(((q[i].weight - net[i].weight) ** 2).sum().detach())
+            assert errors[name][bits] == pytest.approx(want)
+    assert errors["0.weight"][1] > errors["0.weight"][3]
+
+
+def test_model_hessian_sensitivity_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(8, 3))
+    net[0].weight.requires_grad_(False)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(6, 2, 4)
+    table = model_hessian_sensitivity(net, x, (1, 2, 4), n_samples=8, exclude="3")
+    assert list(table) == ["0.weight"] and table["0.weight"][1] > table["0.weight"][4] > 0
+    assert net.training and not net[0].weight.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

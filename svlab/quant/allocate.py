@@ -6,6 +6,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from torch import nn
+
+from svlab.quant.packed import packed_layer_bytes
+from svlab.quant.quantize import Patterns, bit_map
 
 DEFAULT_CHOICES = (1, 2, 3, 4, 6, 8)
 CODEBOOK_ENTRY_BITS = 32  # one fp32 centroid
@@ -189,3 +193,78 @@ def total_sensitivity(
     if missing:
         raise ValueError(f"no sensitivity for layers {missing}")
     return float(sum(sensitivity[layer][bits] for layer, bits in bit_map.items()))
+
+
+def layer_sizes(
+    model: nn.Module,
+    choices: Sequence[int] = DEFAULT_CHOICES,
+    *,
+    granularity: str = "tensor",
+    method: str = "kmeans",
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> dict[str, dict[int, int]]:
+    """``{weight name: {bits: size in bits}}`` of the model's quantizable weights, packed.
+
+    Sizes are :func:`svlab.quant.packed.packed_layer_bytes` times 8 (whole bytes per layer,
+    codebooks included), so budgets agree exactly with :func:`svlab.quant.model_size`.
+
+    >>> layer_sizes(nn.Sequential(nn.Linear(100, 10)), (2, 4))
+    {'0.weight': {2: 2128, 4: 4512}}
+    """
+    chosen = bit_map(model, 8, include=include, exclude=exclude)
+    weights = dict(model.named_parameters())
+    sizes = {}
+    for name in chosen:
+        weight = weights[name]
+        groups = weight.shape[0] if granularity == "channel" and weight.dim() > 1 else 1
+        sizes[name] = {
+            b: 8 * packed_layer_bytes(weight.numel(), b, groups, method) for b in choices
+        }
+    return sizes
+
+
+def fp32_rest_bytes(model: nn.Module, names: Sequence[str]) -> int:
+    """Bytes of every parameter and buffer of ``model`` except the weights ``names``.
+
+    >>> fp32_rest_bytes(nn.Sequential(nn.Linear(100, 10)), ["0.weight"])  # the bias
+    40
+    """
+    return sum(
+        t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in set(names)
+    )
+
+
+def plan_bits(
+    model: nn.Module,
+    sensitivity: Mapping[str, Mapping[int, float]],
+    size: float,
+    choices: Sequence[int] = DEFAULT_CHOICES,
+    *,
+    granularity: str = "tensor",
+    method: str = "kmeans",
+) -> dict[str, int]:
+    """The bit map of ``model``'s weights in ``sensitivity`` whose whole packed model fits ``size``.
+
+    ``size`` is in bytes and counts the whole model as :func:`svlab.quant.model_size` does
+    (packed weights, plus every bias, normalisation parameter and buffer at full precision), so
+    ``model_size(model, plan_bits(model, s, size)) <= size``.
+
+    >>> net = nn.Sequential(nn.Linear(100, 10), nn.ReLU(), nn.Linear(10, 2))
+    >>> sens = {"0.weight": {2: 1.0, 8: 0.0}, "2.weight": {2: 9.0, 8: 0.0}}
+    >>> plan_bits(net, sens, size=1400, choices=(2, 8))  # 8-bit codebooks cost 1 KB each
+    {'0.weight': 2, '2.weight': 8}
+    """
+    names = list(sensitivity)
+    if not names:
+        raise ValueError("sensitivity names no layer")
+    sizes = layer_sizes(model, choices, granularity=granularity, method=method, include=names)
+    rest = fp32_rest_bytes(model, names)
+    try:
+        return allocate_bits(sensitivity, sizes, size - rest, choices)
+    except BudgetError as err:
+        smallest = sum(min(s.values()) for s in sizes.values()) // 8 + rest
+        raise BudgetError(
+            f"model size {size:g} bytes is below the smallest possible, {smallest} bytes "
+            f"({rest} of them fp32 biases, normalisation and buffers)"
+        ) from err

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from svlab.quant.quantize import quantize_model, quantizers
+
 Quantizer = Callable[[Tensor, int], Tensor]
 
 
@@ -117,3 +119,71 @@ def embedding_distortion_loss(
         return ((model(features) - reference) ** 2).sum(dim=-1).mean()
 
     return loss
+
+
+def quantization_errors(
+    model: nn.Module, choices: Sequence[int], **quantize_kwargs
+) -> dict[str, dict[int, float]]:
+    """``||Q_b(W) - W||^2`` per quantizable weight and bit width, by :func:`quantize_model`.
+
+    ``quantize_kwargs`` (``granularity``, ``method``, ``include``, ``exclude``) go to
+    :func:`svlab.quant.quantize_model`, one call per bit width.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 4.0]]))
+    >>> quantization_errors(net, (1, 2))     # 2 bits: 4 levels for 4 values, exact
+    {'0.weight': {1: 2.0, 2: 0.0}}
+    """
+    originals = {}
+    errors: dict[str, dict[int, float]] = {}
+    for bits in choices:
+        quantized = quantize_model(model, bits, **quantize_kwargs)
+        for name in quantizers(quantized):
+            module_name, _, attr = name.rpartition(".")
+            if name not in originals:
+                originals[name] = getattr(model.get_submodule(module_name), attr).detach()
+            q = getattr(quantized.get_submodule(module_name), attr).detach()
+            errors.setdefault(name, {})[bits] = float(((q - originals[name]) ** 2).sum())
+    return errors
+
+
+def model_hessian_sensitivity(
+    model: nn.Module,
+    features: Tensor,
+    choices: Sequence[int],
+    *,
+    n_samples: int = 16,
+    seed: int = 0,
+    **quantize_kwargs,
+) -> dict[str, dict[int, float]]:
+    """HAWQ-v2 sensitivity of every quantizable weight of a speaker model, ready to allocate.
+
+    Traces come from :func:`hutchinson_trace` of :func:`embedding_distortion_loss` on a batch
+    of ``features``; errors from :func:`quantization_errors` (``quantize_kwargs`` choose the
+    weights, codebook granularity and method). The model's parameters are left unchanged.
+
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> table = model_hessian_sensitivity(net, torch.randn(16, 4), (1, 4), n_samples=4)
+    >>> sorted(table), all(t[1] > t[4] > 0 for t in table.values())
+    (['0.weight', '2.weight'], True)
+    """
+    errors = quantization_errors(model, choices, **quantize_kwargs)
+    weights = dict(model.named_parameters())
+    params = {name: weights[name] for name in errors}
+    was_training = model.training
+    flags = {name: p.requires_grad for name, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        traces = hutchinson_trace(
+            embedding_distortion_loss(model, features), params, n_samples, seed
+        )
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+    return {
+        name: {bits: traces[name] / params[name].numel() * err for bits, err in row.items()}
+        for name, row in errors.items()
+    }
