@@ -19,6 +19,7 @@ from svlab.optim import (
     dynamic_map,
     linear_map,
     make_optimizer,
+    nearest_code,
     quantize_blockwise,
     state_breakdown,
     state_bytes,
@@ -70,6 +71,25 @@ def test_codes_agree_with_bitsandbytes_and_are_nearest(signed):
     # same codes dequantize to the same values
     expected = bnbf.dequantize_blockwise(q_bnb, state)
     assert torch.equal(dequantize_blockwise(q_bnb, state.absmax, code, 256), expected)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [dynamic_map(True), dynamic_map(False), linear_map(True), torch.linspace(0, 1e-4, 200)],
+    ids=["dynamic", "udynamic", "linear", "fine-falls-back"],
+)
+def test_nearest_code_is_a_binary_search_over_midpoints(code):
+    torch.manual_seed(3)
+    n = 200_000
+    x = (torch.rand(n) * 2 - 1) * torch.logspace(-9, 0, n)[torch.randperm(n)]
+    midpoints = (code[1:] + code[:-1]) / 2
+    edges = torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30])
+    x = torch.cat([x, code, midpoints, edges, midpoints.nextafter(torch.tensor(2.0))])
+    expected = torch.searchsorted(midpoints, x)
+    assert torch.equal(nearest_code(x, code).long(), expected)
+    chosen = (code[expected] - x).abs()
+    best = (code[brute_force_nearest(x, code)] - x).abs()
+    assert (chosen <= best + 1e-7).all()  # nearest, up to rounding of the midpoints
 
 
 @pytest.mark.parametrize("blocksize", [1, 7, 64, 256, 2048])

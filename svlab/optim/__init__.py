@@ -9,6 +9,7 @@ from svlab.optim.blockwise import (
     QuantizationError,
     check_blocksize,
     dequantize_blockwise,
+    nearest_code,
     quantize_blockwise,
 )
 from svlab.optim.build import (
@@ -43,6 +44,7 @@ __all__ = [
     "dynamic_map",
     "linear_map",
     "make_optimizer",
+    "nearest_code",
     "quantize_blockwise",
     "state_breakdown",
     "state_bytes",
