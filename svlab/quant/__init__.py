@@ -30,3 +30,31 @@ __all__ = [
     "sse",
     "uniform_levels",
 ]
+
+# Mixed precision, MSFT and 1-bit weights (issue 7); imported after the core they build on.
+from svlab.quant.allocate import BudgetError, allocate_bits, layer_sizes, plan_bits  # noqa: E402
+from svlab.quant.binarize import (  # noqa: E402
+    binarize,
+    binarizers,
+    binary_size,
+    load_binary,
+    save_binary,
+)
+from svlab.quant.hessian import hutchinson_trace, model_hessian_sensitivity  # noqa: E402
+from svlab.quant.msft import make_stages, msft  # noqa: E402
+
+__all__ += [
+    "BudgetError",
+    "allocate_bits",
+    "binarize",
+    "binarizers",
+    "binary_size",
+    "hutchinson_trace",
+    "layer_sizes",
+    "load_binary",
+    "make_stages",
+    "model_hessian_sensitivity",
+    "msft",
+    "plan_bits",
+    "save_binary",
+]
