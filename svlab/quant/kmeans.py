@@ -101,8 +101,9 @@ def cluster_rows(rows: torch.Tensor, k: int, method: str = "auto") -> torch.Tens
     A row with at most ``k`` distinct values gets them all as centroids, the last one repeated
     to fill ``k`` slots (a quantizer with duplicate levels is still exact on such a row).
 
-    >>> cluster_rows(torch.tensor([[0.0, 0.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0]]), 2).tolist()
-    [[0.3333333333333333, 9.0], [2.0, 2.0]]
+    >>> rows = torch.tensor([[0.0, 0.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0]])
+    >>> cluster_rows(rows, 2).round(decimals=4).tolist()
+    [[0.3333, 9.0], [2.0, 2.0]]
     """
     if method not in METHODS:
         raise ValueError(f"unknown k-means method {method!r}; choose one of {METHODS}")
