@@ -1,6 +1,7 @@
 """Quantization of speaker models: k-means and uniform codebooks, packed storage, sensitivity."""
 
 from svlab.quant.kmeans import kmeans_1d, sse
+from svlab.quant.packed import load_packed, model_size, packed_layer_bytes, save_packed
 from svlab.quant.quantize import (
     CodebookQuantizer,
     bit_map,
@@ -13,6 +14,7 @@ from svlab.quant.quantize import (
     quantizers,
     requantize,
 )
+from svlab.quant.sensitivity import keep_precise, layer_sensitivity, plot_sensitivity
 from svlab.quant.uniform import uniform_levels
 
 __all__ = [
@@ -21,12 +23,19 @@ __all__ = [
     "clone_model",
     "dequantize",
     "fit_quantizer",
+    "keep_precise",
     "kmeans_1d",
     "latent_weight",
+    "layer_sensitivity",
+    "load_packed",
+    "model_size",
+    "packed_layer_bytes",
+    "plot_sensitivity",
     "quantizable_names",
     "quantize_model",
     "quantizers",
     "requantize",
+    "save_packed",
     "sse",
     "uniform_levels",
 ]

@@ -1,0 +1,162 @@
+"""Layer-wise sensitivity: quantize one weight at a time, measure the change, keep some fp32."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pandas as pd
+from torch import nn
+
+from svlab.quant.packed import packed_layer_bytes
+from svlab.quant.quantize import Patterns, bit_map, quantize_model
+
+EvalFn = Callable[[nn.Module], "float | Mapping[str, float]"]
+
+
+def _value(result: float | Mapping[str, float], metric: str) -> float:
+    if isinstance(result, Mapping):
+        if metric not in result:
+            raise ValueError(f"eval_fn returned keys {sorted(result)}, none is {metric!r}")
+        return float(result[metric])
+    return float(result)
+
+
+def layer_sensitivity(
+    model: nn.Module,
+    eval_fn: EvalFn,
+    bits: int = 4,
+    *,
+    granularity: str = "tensor",
+    method: str = "kmeans",
+    include: Patterns = None,
+    exclude: Patterns = None,
+    metric: str = "eer",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Quantize each chosen weight alone to ``bits`` and record how ``eval_fn`` changes.
+
+    ``eval_fn(model)`` returns a number (lower is better: an EER, a held-out loss) or a dict
+    holding ``metric`` (as ``EvalSet.score`` does). One row per weight: ``layer``, ``params``,
+    ``bits``, the metric with that weight quantized, ``delta_<metric>`` against the fp32 model,
+    and ``bytes_fp32`` / ``bytes_quantized`` / ``bytes_saved`` (indices plus codebooks).
+    ``table.attrs`` keeps the fp32 ``baseline``, the ``metric`` and the ``bits``.
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
+    >>> x = torch.randn(32, 8); y = net(x).detach()
+    >>> mse = lambda m: (m(x) - y).square().mean().item()
+    >>> table = layer_sensitivity(net, mse, bits=1, metric="mse")
+    >>> list(table.columns)
+    ['layer', 'params', 'bits', 'mse', 'delta_mse', 'bytes_fp32', 'bytes_quantized', 'bytes_saved']
+    >>> table["bytes_saved"].tolist()  # 64 fp32 -> 64 bits + 2 centroids; 8 -> 1 byte + 2
+    [240, 23]
+    """
+    baseline = _value(eval_fn(model), metric)
+    plan = bit_map(model, bits, include=include, exclude=exclude)
+    parameters = dict(model.named_parameters())
+    names = list(plan)
+    if progress:
+        from tqdm.auto import tqdm
+
+        names = tqdm(names, desc=f"{bits}-bit layer sensitivity")
+    rows = []
+    for name in names:
+        width = plan[name]
+        weight = parameters[name]
+        quantized = quantize_model(model, {name: width}, granularity=granularity, method=method)
+        value = _value(eval_fn(quantized), metric)
+        groups = weight.shape[0] if granularity == "channel" and weight.dim() > 1 else 1
+        fp32 = weight.numel() * weight.element_size()
+        packed = packed_layer_bytes(weight.numel(), width, groups, method)
+        rows.append(
+            {
+                "layer": name,
+                "params": weight.numel(),
+                "bits": width,
+                metric: value,
+                f"delta_{metric}": value - baseline,
+                "bytes_fp32": fp32,
+                "bytes_quantized": packed,
+                "bytes_saved": fp32 - packed,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.attrs.update(baseline=baseline, metric=metric, bits=bits)
+    return table
+
+
+def keep_precise(table: pd.DataFrame, size_target: float, fp32_size: int) -> list[str]:
+    """The layers to keep fp32 so the model fits ``size_target``, hurting the metric least.
+
+    Layers are quantized in order of metric change per byte saved, least harmful first, until
+    the model's size (``fp32_size`` bytes minus the savings) is at most ``size_target``: bytes,
+    or a fraction of ``fp32_size`` when below 1. The layers left over are returned; pass them
+    as ``exclude`` to ``quantize_model``. A target below the all-quantized size is an error.
+
+    >>> table = pd.DataFrame({"layer": ["a", "b", "c"], "delta_eer": [0.01, 0.0, 0.002],
+    ...                       "bytes_saved": [100, 50, 100]})
+    >>> table.attrs["metric"] = "eer"
+    >>> keep_precise(table, 0.5, fp32_size=300)   # must save 150: b then c are the cheapest
+    ['a']
+    """
+    target = size_target * fp32_size if size_target < 1 else size_target
+    delta = table[f"delta_{table.attrs.get('metric', 'eer')}"]
+    order = (delta / table["bytes_saved"].clip(lower=1)).sort_values(kind="stable").index
+    smallest = fp32_size - int(table["bytes_saved"].sum())
+    if smallest > target:
+        raise ValueError(
+            f"size target {target:.0f} bytes is below {smallest} bytes, the size with every "
+            "layer of the table quantized"
+        )
+    size, kept = fp32_size, list(table["layer"])
+    for index in order:
+        if size <= target:
+            break
+        size -= int(table.loc[index, "bytes_saved"])
+        kept.remove(table.loc[index, "layer"])
+    return kept
+
+
+def plot_sensitivity(table: pd.DataFrame, kept: list[str] | None = None):
+    """A plotly bar chart: the metric change per layer, and the bytes each one saves.
+
+    >>> table = pd.DataFrame({"layer": ["a"], "params": [4], "delta_eer": [0.01],
+    ...                       "bytes_saved": [10]})
+    >>> len(plot_sensitivity(table, kept=["a"]).data)
+    2
+    """
+    from plotly.subplots import make_subplots
+
+    metric = table.attrs.get("metric", "eer")
+    delta = table[f"delta_{metric}"]
+    scale, unit = (100, " (% points)") if metric == "eer" else (1, "")
+    kept = set(kept or [])
+    colours = ["#d62728" if layer in kept else "#1f77b4" for layer in table["layer"]]
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.05, row_heights=[0.65, 0.35]
+    )
+    fig.add_bar(
+        x=table["layer"],
+        y=delta * scale,
+        marker_color=colours,
+        name=f"delta {metric}",
+        customdata=table["params"],
+        hovertemplate="%{x}<br>delta %{y:.3f}<br>%{customdata} params<extra></extra>",
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        x=table["layer"],
+        y=table["bytes_saved"] / 1024,
+        name="KB saved",
+        row=2,
+        col=1,
+        marker_color="#7f7f7f",
+    )
+    fig.update_yaxes(title_text=f"delta {metric}{unit}", row=1, col=1)
+    fig.update_yaxes(title_text="KB saved", row=2, col=1)
+    title = f"one layer at a time, {table.attrs.get('bits', '?')} bits"
+    if kept:
+        title += " (red: kept fp32)"
+    fig.update_layout(title=title, showlegend=False, height=520)
+    return fig
