@@ -20,8 +20,10 @@ from torch import nn
 from svlab.evaluate import EvalSet, read_trials
 from svlab.metrics import det_curve
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
+from svlab.quant.allocate import DEFAULT_CHOICES, allocate_bits
 from svlab.quant.binarize import Binarizer
-from svlab.quant.packed import model_size
+from svlab.quant.hessian import embedding_distortion_loss, hessian_sensitivity, hutchinson_trace
+from svlab.quant.packed import model_size, packed_layer_bytes
 from svlab.workbench.cache import PrefixCache
 
 Bits = int | None  # None: the layer stays fp32
@@ -124,6 +126,7 @@ class LiveQuantizer:
         self.quantizer = _check_choice(quantizer, QUANTIZERS, "quantizer")
         self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
         self._quantized: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._traces: dict[int, dict[str, float]] = {}
         self.cache = PrefixCache(self.model, evalset.batches)
         self.fp32 = self._rescore(changed=None)
         self.current = self.fp32
@@ -220,22 +223,87 @@ class LiveQuantizer:
         return Scores(float(result["eer"]), float(result["min_dcf"]), far, frr)
 
     # ---- size ----
+    def layer_bytes(self, layer: str, bits: Bits) -> int:
+        """Packed bytes of one layer: fp32, indices plus codebooks, or bits plus scales."""
+        weight = self.original[layer]
+        scheme = self.scheme(bits)
+        if scheme is None:
+            return weight.numel() * weight.element_size()
+        groups = weight.shape[0] if self.granularity == "channel" and weight.dim() > 1 else 1
+        if scheme in BINARY_SCHEMES:
+            binarizer = Binarizer(weight, scheme, self.granularity)
+            return (binarizer.storage_bits(weight.numel()) + 7) // 8
+        return packed_layer_bytes(weight.numel(), bits, groups, scheme)
+
     def size_bytes(self, bit_map: Mapping[str, Bits] | None = None) -> int:
-        """Bytes of the packed model (:func:`svlab.quant.packed.model_size`): codebook layers as
-        indices plus codebooks, 1-bit layers as bits plus scales, everything else as stored."""
-        bit_map = dict(self.bits if bit_map is None else bit_map)
-        codebook = {
-            name: bits for name, bits in bit_map.items() if self.scheme(bits) in CODEBOOK_METHODS
+        """Bytes of the packed model: the layers as :meth:`layer_bytes`, every other parameter
+        and buffer as stored (as :func:`svlab.quant.packed.model_size` counts them)."""
+        bit_map = self.bits if bit_map is None else bit_map
+        return self._rest_bytes() + sum(self.layer_bytes(n, bit_map[n]) for n in self.layers)
+
+    def _rest_bytes(self) -> int:
+        fp32_layers = sum(w.numel() * w.element_size() for w in self.original.values())
+        return model_size(self.model, {}) - fp32_layers
+
+    # ---- presets ----
+    def delta_eer(self, bits: int) -> dict[str, float]:
+        """EER change from quantizing each layer alone to ``bits`` (the others fp32), as in
+        arXiv:2407.08991's layer-wise study. The current bit map is restored afterwards."""
+        _check_bits(bits, "every layer")
+        saved = dict(self.bits)
+        self.set_all(None)
+        deltas, previous = {}, {}
+        for layer in self.layers:
+            deltas[layer] = self.set_bit_map({**previous, layer: bits}).eer - self.fp32.eer
+            previous = {layer: None}
+        self.set_bit_map(saved)
+        return deltas
+
+    def sensitivity_pick(self, bits: int, tolerance: float) -> dict[str, Bits]:
+        """The bit map quantizing to ``bits`` every layer whose own EER change
+        (:meth:`delta_eer`) is at most ``tolerance``; the sensitive layers stay fp32."""
+        deltas = self.delta_eer(bits)
+        return {layer: bits if delta <= tolerance else None for layer, delta in deltas.items()}
+
+    def hessian_table(
+        self, choices: Sequence[int] = DEFAULT_CHOICES, n_samples: int = 8
+    ) -> dict[str, dict[int, float]]:
+        """HAWQ-v2 sensitivity ``tr(H) / n * ||Q_b(W) - W||^2`` per layer and bit width
+        (:func:`svlab.quant.hessian.hessian_sensitivity`), with the Hessian of the embedding
+        drift on the first evaluation batch and this workbench's quantizer."""
+        if n_samples not in self._traces:
+            reference = clone_model(self.model)
+            params = dict(reference.named_parameters())
+            with torch.no_grad():
+                for layer in self.layers:
+                    params[layer].copy_(self.original[layer])
+            loss = embedding_distortion_loss(reference, self.evalset.batches[0])
+            chosen = {layer: params[layer] for layer in self.layers}
+            self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
+        table = {}
+        for layer in self.layers:
+            table.update(
+                hessian_sensitivity(
+                    {layer: self.original[layer]},
+                    self._traces[n_samples],
+                    lambda weight, bits, layer=layer: self.quantized(layer, bits)[0],
+                    choices,
+                )
+            )
+        return table
+
+    def mixed_precision(
+        self, budget_bytes: float, choices: Sequence[int] = DEFAULT_CHOICES
+    ) -> dict[str, int]:
+        """The bit map of least Hessian sensitivity whose packed model fits ``budget_bytes``
+        (:func:`svlab.quant.allocate_bits` over :meth:`hessian_table`)."""
+        sizes = {
+            layer: {bits: 8 * self.layer_bytes(layer, bits) for bits in choices}
+            for layer in self.layers
         }
-        method = self.quantizer if self.quantizer in CODEBOOK_METHODS else "kmeans"
-        size = model_size(self.model, codebook, granularity=self.granularity, method=method)
-        for name, bits in bit_map.items():
-            if self.scheme(bits) in BINARY_SCHEMES:
-                weight = self.original[name]
-                binarizer = Binarizer(weight, self.quantizer, self.granularity)
-                size += (binarizer.storage_bits(weight.numel()) + 7) // 8
-                size -= weight.numel() * weight.element_size()
-        return size
+        return allocate_bits(
+            self.hessian_table(choices), sizes, budget_bytes - self._rest_bytes(), choices
+        )
 
     def summary(self) -> dict[str, float]:
         """The numbers of the panels: EER and minDCF (now and fp32), size in KB and ratio."""

@@ -1,0 +1,129 @@
+"""The workbench's plotly panels: weight histogram with its levels, DET curve, training memory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+DET_LIMITS = (0.0005, 0.5)
+MAX_LEVEL_MARKERS = 2048
+
+
+def probit(rates) -> np.ndarray:
+    """The normal deviate of each rate (the DET plot's axis), rates clipped to ``DET_LIMITS``.
+
+    >>> probit([0.5, 0.0228]).round(2).tolist()
+    [0.0, -2.0]
+    """
+    rates = torch.as_tensor(np.asarray(rates, dtype=np.float64)).clamp(*DET_LIMITS)
+    return torch.special.ndtri(rates).numpy()
+
+
+def det_figure() -> go.Figure:
+    """An empty DET plot (probit axes labelled in %) with a trace each for fp32 and quantized.
+
+    >>> [t.name for t in det_figure().data]
+    ['fp32', 'quantized']
+    """
+    fig = go.Figure()
+    fig.add_scatter(x=[], y=[], mode="lines", name="fp32", line={"dash": "dash", "color": "gray"})
+    fig.add_scatter(x=[], y=[], mode="lines", name="quantized", line={"color": "crimson"})
+    ticks = {
+        "tickvals": probit(DET_TICKS).tolist(),
+        "ticktext": [f"{100 * t:g}" for t in DET_TICKS],
+        "range": probit(DET_LIMITS).tolist(),
+    }
+    fig.update_layout(
+        title="DET curve",
+        xaxis={"title": "false alarm rate (%)", **ticks},
+        yaxis={"title": "miss rate (%)", **ticks},
+        height=330,
+        width=380,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        legend={"x": 0.98, "xanchor": "right", "y": 0.98},
+    )
+    return fig
+
+
+def set_det(fig: go.Figure, trace: int, far: np.ndarray, frr: np.ndarray) -> None:
+    """Draw one DET curve (false-alarm and miss rates) into trace ``trace`` of ``fig``.
+
+    >>> fig = det_figure(); set_det(fig, 1, np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0]))
+    >>> float(fig.data[1].x[1])
+    0.0
+    """
+    fig.data[trace].x, fig.data[trace].y = probit(far), probit(frr)
+
+
+def histogram_figure() -> go.Figure:
+    """An empty weight histogram: fp32 weights as bars, quantization levels as markers below.
+
+    >>> [t.name for t in histogram_figure().data]
+    ['fp32 weights', 'levels']
+    """
+    fig = go.Figure()
+    fig.add_histogram(x=[], nbinsx=80, name="fp32 weights", marker={"color": "steelblue"})
+    fig.add_scatter(
+        x=[],
+        y=[],
+        mode="markers",
+        name="levels",
+        marker={"symbol": "triangle-up", "size": 10, "color": "crimson"},
+    )
+    fig.update_layout(
+        title="weights",
+        xaxis_title="weight value",
+        yaxis_title="count",
+        height=330,
+        width=460,
+        bargap=0.02,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        legend={"x": 0.98, "xanchor": "right", "y": 0.98},
+    )
+    return fig
+
+
+def set_histogram(
+    fig: go.Figure, layer: str, weight: torch.Tensor, levels: torch.Tensor | None, label: str
+) -> None:
+    """Show ``weight``'s values and its quantization ``levels`` (``None``: fp32, no levels).
+
+    The levels (all groups' codebook entries, at most ``MAX_LEVEL_MARKERS`` distinct ones) are
+    drawn as markers on the x axis, where the weights that round to them lie.
+
+    >>> fig = histogram_figure()
+    >>> set_histogram(fig, "fc", torch.tensor([0.0, 1.0, 2.0]), torch.tensor([[0.5, 1.5]]), "1 bit")
+    >>> fig.data[1].x.tolist(), fig.layout.title.text
+    ([0.5, 1.5], 'fc: 1 bit, 2 levels')
+    """
+    values = weight.detach().float().reshape(-1).cpu().numpy()
+    distinct = np.array([]) if levels is None else np.unique(levels.detach().float().cpu().numpy())
+    if distinct.size > MAX_LEVEL_MARKERS:
+        distinct = distinct[np.linspace(0, distinct.size - 1, MAX_LEVEL_MARKERS).astype(int)]
+    with fig.batch_update():
+        fig.data[0].x = values
+        fig.data[1].x, fig.data[1].y = distinct, np.zeros(distinct.size)
+        suffix = "" if levels is None else f", {distinct.size} levels"
+        fig.layout.title.text = f"{layer}: {label}{suffix}"
+
+
+def memory_figure(tables: Mapping, capacity_bytes: int) -> go.Figure:
+    """Stacked training-memory bars (GiB) per setting with a dashed line at ``capacity_bytes``.
+
+    ``tables`` maps a setting's label to a :func:`svlab.memory.project` breakdown.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"bytes": [2**30, 2**31]}, index=["parameters", "activations"])
+    >>> fig = memory_figure({"a": t}, 11 * 2**30)
+    >>> [tr.name for tr in fig.data], fig.layout.shapes[0].y0
+    (['parameters', 'activations'], 11.0)
+    """
+    from svlab.memory import stacked_bar
+
+    fig = stacked_bar(tables, title="Projected training memory", capacity_bytes=capacity_bytes)
+    fig.update_layout(height=330, width=520, margin={"l": 50, "r": 10, "t": 40, "b": 40})
+    return fig
