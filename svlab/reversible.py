@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -153,6 +153,17 @@ def _frozen_batchnorm_statistics(module: nn.Module):
                 buffer.copy_(value)
 
 
+def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
+    """(device type, dtype) of the autocast region we are in, or None outside autocast."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _autocast(state: tuple[str, torch.dtype] | None):
+    return nullcontext() if state is None else torch.autocast(*state)
+
+
 def _vjp(
     output_fn, inputs: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
@@ -175,6 +186,7 @@ class _ReversibleFunction(torch.autograd.Function):
     def forward(ctx, x, blocks, preserve_rng_state, *params):
         ctx.blocks, ctx.rng_states = blocks, []
         ctx.device = x.device
+        ctx.autocast = _autocast_state(x.device.type)
         with torch.no_grad():
             for block in blocks:
                 x1, x2 = _halves(x)
@@ -199,7 +211,7 @@ class _ReversibleFunction(torch.autograd.Function):
         for block, (rng_f, rng_g) in steps:
             y1, y2 = _halves(y)
             dy1, dy2 = _halves(grad_y)
-            with _frozen_batchnorm_statistics(block):
+            with _frozen_batchnorm_statistics(block), _autocast(ctx.autocast):
                 g_params = list(block.g.parameters())
                 with _replayed_rng(rng_g, ctx.device):
                     g_out, dg_dy1, dg_params = _vjp(block.g, y1, g_params, dy2)
@@ -232,7 +244,8 @@ class ReversibleSequence(nn.Module):
     F(x2) to rebuild x1 = y1 - F(x2), and backpropagates through these two recomputations
     only. So activation memory does not grow with the number of couplings, at the cost of
     one more forward pass of F and G. BatchNorm running statistics are restored after the
-    recomputation and the RNG state (for dropout) is replayed. ``memory_saving=False`` runs
+    recomputation, the RNG state (for dropout) is replayed and autocast (mixed precision) is
+    re-entered as it was in forward. ``memory_saving=False`` runs
     the same couplings as ordinary modules (autograd caches everything), for comparison.
 
     >>> _ = torch.manual_seed(0); seq = ReversibleSequence([basic_coupling(4), basic_coupling(4)])

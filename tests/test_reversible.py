@@ -106,6 +106,17 @@ def test_rng_stream_continues_as_without_recomputation():
     assert torch.equal(after_reversible, torch.rand(3))
 
 
+def test_autocast_is_replayed_in_the_recomputation():
+    reversible = small_sequence("basic", n=3, dtype=torch.float32)
+    ordinary = set_memory_saving(copy.deepcopy(reversible), False)
+    x, weight = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = gradients(ordinary, x, weight)
+        got = gradients(reversible, x, weight)
+    for a, b in zip(got, expected, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * (1 + b.abs().max())
+
+
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     with SavedTensorRecorder(exclude=list(module.parameters()) + list(module.buffers())) as rec:
         module(x)
