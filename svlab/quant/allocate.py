@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from svlab.quant.packed import packed_layer_bytes
-from svlab.quant.quantize import Patterns, bit_map
+from svlab.quant.packed import model_size, packed_layer_bytes
+from svlab.quant.quantize import Patterns, bit_map, quantize_model
 
 DEFAULT_CHOICES = (1, 2, 3, 4, 6, 8)
 CODEBOOK_ENTRY_BITS = 32  # one fp32 centroid
@@ -268,3 +269,70 @@ def plan_bits(
             f"model size {size:g} bytes is below the smallest possible, {smallest} bytes "
             f"({rest} of them fp32 biases, normalisation and buffers)"
         ) from err
+
+
+def _metric(result: Any, metric: str) -> float:
+    return float(result[metric] if isinstance(result, Mapping) else result)
+
+
+def mixed_vs_uniform(
+    model: nn.Module,
+    sensitivity: Mapping[str, Mapping[int, float]],
+    eval_fn: Callable[[nn.Module], Any],
+    bits: Sequence[int] = DEFAULT_CHOICES,
+    *,
+    extra_sizes: Sequence[float] = (),
+    choices: Sequence[int] = DEFAULT_CHOICES,
+    granularity: str = "tensor",
+    method: str = "kmeans",
+    metric: str = "eer",
+) -> list[dict]:
+    """Uniform precision at each of ``bits`` beside mixed precision at the same model size.
+
+    For every width ``b``: the model with every weight of ``sensitivity`` at ``b`` bits, and the
+    mixed model :func:`plan_bits` chooses for that uniform model's size (never larger), both
+    scored by ``eval_fn`` (a number, or a dict holding ``metric``, as ``EvalSet.score`` returns).
+    ``extra_sizes`` (bytes) add mixed models at sizes no uniform width has. No fine-tuning.
+    One row per model: ``scheme``, ``bits`` (the width, or the weight-averaged bits),
+    ``size_bytes``, ``metric`` value, and the ``bit_map``.
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(8, 32), nn.Linear(32, 2))
+    >>> x = torch.randn(64, 8); y = net(x).detach()
+    >>> sens = {"0.weight": {1: 9.0, 2: 1.0}, "1.weight": {1: 0.1, 2: 0.05}}
+    >>> mse = lambda m: float(((m(x) - y) ** 2).mean().detach())
+    >>> rows = mixed_vs_uniform(net, sens, mse, (2,), extra_sizes=(232,), choices=(1, 2),
+    ...                         metric="mse")
+    >>> for r in rows:
+    ...     print(r["scheme"], r["size_bytes"], r["bit_map"], r["mse"] < 0.1)
+    uniform 248 {'0.weight': 2, '1.weight': 2} True
+    mixed 248 {'0.weight': 2, '1.weight': 2} True
+    mixed 232 {'0.weight': 2, '1.weight': 1} True
+    """
+    names = list(sensitivity)
+    weights = dict(model.named_parameters())
+    numel = {name: weights[name].numel() for name in names}
+
+    def row(scheme: str, plan: dict[str, int]) -> dict:
+        quantized = quantize_model(model, plan, granularity=granularity, method=method)
+        average = sum(plan[n] * numel[n] for n in plan) / sum(numel.values())
+        return {
+            "scheme": scheme,
+            "bits": average,
+            "size_bytes": model_size(quantized),
+            metric: _metric(eval_fn(quantized), metric),
+            "bit_map": plan,
+        }
+
+    def plan(size: float) -> dict[str, int]:
+        return plan_bits(model, sensitivity, size, choices, granularity=granularity, method=method)
+
+    rows = []
+    for width in bits:
+        uniform = {name: width for name in names}
+        rows.append(row("uniform", uniform))
+        target = rows[-1]["size_bytes"]
+        rows.append(row("mixed", plan(target)))
+    for size in extra_sizes:
+        rows.append(row("mixed", plan(size)))
+    return rows

@@ -162,10 +162,13 @@ def msft(
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> x, y = torch.randn(32, 4), torch.randn(32, 2)
-    >>> def fit(steps, model):
-    ...     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    >>> def fit(steps, model):                   # plain gradient descent on what is trainable
+    ...     params = [p for p in model.parameters() if p.requires_grad]
     ...     for _ in range(steps):
-    ...         opt.zero_grad(); ((model(x) - y) ** 2).mean().backward(); opt.step()
+    ...         grads = torch.autograd.grad(((model(x) - y) ** 2).mean(), params)
+    ...         with torch.no_grad():
+    ...             for p, g in zip(params, grads):
+    ...                 p -= 0.1 * g
     >>> q, history = msft(net, {"0.weight": 2, "2.weight": 4}, "deep_to_shallow", 5,
     ...                   n_stages=2, trainer=fit)
     >>> [h["layers"] for h in history], sorted(quantizers(q))
