@@ -18,11 +18,11 @@ import torch
 
 import svlab.models
 from svlab.optim import (
-    dequantize_blockwise,
     dynamic_map,
     linear_map,
     make_optimizer,
     quantize_blockwise,
+    roundtrip_error,
     state_breakdown,
 )
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
@@ -118,16 +118,8 @@ def code_agreement(n: int) -> list[dict]:
             "tie_pct": 100 * (differ & (ours == theirs)).float().mean().item(),
         }
         for map_name, m in (("dynamic", code), ("linear", linear_map(signed))):
-            mq, ma = quantize_blockwise(x, m, 256)
-            y = dequantize_blockwise(mq, ma, m, 256)
-            nonzero = x != 0
-            row[f"{map_name}_mean_abs_err_over_absmax"] = ((y - x).abs() / scale).mean().item()
-            row[f"{map_name}_median_rel_err"] = (
-                ((y - x).abs()[nonzero] / x.abs()[nonzero]).median().item()
-            )
-            row[f"{map_name}_flushed_to_zero_pct"] = (
-                100 * ((y == 0) & nonzero).float().mean().item()
-            )
+            for key, value in roundtrip_error(x, m, 256).items():
+                row[f"{map_name}_{key}"] = value
         rows.append(row)
     return rows
 

@@ -11,11 +11,13 @@ from svlab.optim.blockwise import (
     dequantize_blockwise,
     nearest_code,
     quantize_blockwise,
+    roundtrip_error,
 )
 from svlab.optim.build import (
     BACKENDS,
     OPTIMIZERS,
     make_optimizer,
+    measure_state,
     state_breakdown,
     state_bytes,
 )
@@ -44,8 +46,10 @@ __all__ = [
     "dynamic_map",
     "linear_map",
     "make_optimizer",
+    "measure_state",
     "nearest_code",
     "quantize_blockwise",
+    "roundtrip_error",
     "state_breakdown",
     "state_bytes",
 ]

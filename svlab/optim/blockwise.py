@@ -164,3 +164,32 @@ def dequantize_blockwise(
     values = _blocks(code.index_select(0, q.reshape(-1).int()), blocksize)
     values = values * absmax.float()[:, None]
     return values.reshape(-1)[: q.numel()].reshape(q.shape if shape is None else shape)
+
+
+def roundtrip_error(
+    x: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 256
+) -> dict[str, float]:
+    """How much of ``x`` survives :func:`quantize_blockwise` then :func:`dequantize_blockwise`.
+
+    ``flushed_pct``: nonzero values that come back as exactly 0 (in %);
+    ``median_rel_err``: median of ``|y - x| / |x|`` over nonzero values;
+    ``mean_err_over_absmax``: mean of ``|y - x|`` divided by the block's absmax.
+
+    >>> x = torch.tensor([1.0, 1e-3, 1e-5, -0.5])
+    >>> roundtrip_error(x)["flushed_pct"]
+    0.0
+    >>> from svlab.optim.maps import linear_map
+    >>> roundtrip_error(x, linear_map(True))["flushed_pct"]
+    50.0
+    """
+    q, absmax = quantize_blockwise(x, code, blocksize)
+    y = dequantize_blockwise(q, absmax, code, blocksize).view(-1)
+    x = x.detach().reshape(-1).float()
+    scale = absmax.repeat_interleave(blocksize)[: x.numel()]
+    nonzero = x != 0
+    error = (y - x).abs()
+    return {
+        "flushed_pct": 100 * ((y == 0) & nonzero).float().mean().item(),
+        "median_rel_err": (error[nonzero] / x[nonzero].abs()).median().item(),
+        "mean_err_over_absmax": (error[scale > 0] / scale[scale > 0]).mean().item(),
+    }
