@@ -11,6 +11,7 @@ from svlab.quant.binarize import (
     binary_size,
     load_binary,
     save_binary,
+    track_binary,
 )
 
 
@@ -201,3 +202,26 @@ def test_bad_input():
         binarize(net, "static")
     with pytest.raises(ValueError, match="no binarized weight"):
         binary_size(net)
+
+
+def test_track_binary_records_each_training_pass_and_then_stops():
+    b = binarize(small_net(), "adaptive")
+    x, target = torch.randn(6, 3, 8), torch.randn(6, 4)
+    params = [p for p in b.parameters() if p.requires_grad]
+    with track_binary(b) as log:
+        for _ in range(3):
+            grads = torch.autograd.grad(((b(x) - target) ** 2).mean(), params)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p -= 0.5 * g
+        b.eval()
+        b(x)  # evaluation passes are not training passes
+        b.train()
+    assert [(r["layer"], r["pass"]) for r in log] == [
+        (layer, i) for i in range(3) for layer in ("0.weight", "4.weight")
+    ]
+    first, last = log[1], log[-1]  # the linear layer before and after two updates
+    assert first["threshold"] == 0.0 and last["threshold"] != 0.0
+    assert first["scale"] != last["scale"]
+    b(x).sum().backward()
+    assert len(log) == 6  # hooks are gone after the block

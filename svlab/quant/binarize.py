@@ -25,7 +25,8 @@ exactly that, bit-packed; :func:`load_binary` rebuilds the binarized model from 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,49 @@ def binarizers(model: nn.Module) -> dict[str, Binarizer]:
                 if isinstance(binarizer, Binarizer):
                     found[f"{module_name}.{attr}" if module_name else attr] = binarizer
     return found
+
+
+@contextmanager
+def track_binary(model: nn.Module) -> Iterator[list[dict]]:
+    """Record every binarized layer's scale and threshold at each training forward pass.
+
+    Inside the ``with`` block each forward pass that builds a binary weight with gradients
+    on, in training mode (one per layer per training step), appends ``{"layer", "pass",
+    "scale", "threshold"}`` (means of ``|a|`` and of ``t / |a|`` over the layer's groups) to the
+    yielded list; so any training loop, ``svlab.train.train`` included, can be watched.
+
+    >>> b = binarize(nn.Sequential(nn.Linear(4, 2)), "adaptive")
+    >>> with track_binary(b) as log:
+    ...     b(torch.randn(3, 4)).sum().backward()
+    >>> [(r["layer"], r["pass"]) for r in log]
+    [('0.weight', 0)]
+    """
+    log: list[dict] = []
+    passes: dict[str, int] = {}
+    handles = []
+    for name, binarizer in binarizers(model).items():
+
+        def hook(module: Binarizer, args: tuple, output: Tensor, name: str = name) -> None:
+            if not (module.training and torch.is_grad_enabled()):
+                return
+            scale = module.magnitudes()
+            scale = torch.ones_like(module.threshold) if scale is None else scale
+            log.append(
+                {
+                    "layer": name,
+                    "pass": passes.get(name, 0),
+                    "scale": float(scale.mean()),
+                    "threshold": float((module.threshold.detach() / scale).mean()),
+                }
+            )
+            passes[name] = passes.get(name, 0) + 1
+
+        handles.append(binarizer.register_forward_hook(hook))
+    try:
+        yield log
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _latent(model: nn.Module, name: str) -> Tensor:

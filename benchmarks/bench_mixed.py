@@ -1,0 +1,381 @@
+"""Mixed vs uniform precision at equal size, one-shot vs MSFT, 1-bit schemes; allocation time.
+
+On the tutorial checkpoints (``checkpoints/tutorial_*.pt``) scored on the profile's trial list:
+
+1. sensitivity: Hessian-trace (HAWQ-v2, Hutchinson) beside one-layer-at-a-time measurement of
+   the same embedding-distortion loss; their rank correlation and cost;
+2. size vs EER: uniform k-means at each width, and the mixed bit map at that same size (and at
+   sizes in between), chosen by exact allocation from each sensitivity; no fine-tuning;
+3. one-shot vs MSFT at one mixed bit map: quantize everything then fine-tune, or quantize in
+   stages (several orders) fine-tuning between stages, for the same total number of steps;
+4. 1-bit: sign, static, adaptive (and 1-bit k-means), before and after the same fine-tuning;
+5. the time to allocate bits for a resnet34-sized model (6.6 M weights, 37 layers).
+
+Fine-tuning is ``svlab.train.train`` (AAM-softmax, a fresh head) for ``--steps`` steps; the fp32
+model fine-tuned the same way is the control. Prints tables, writes benchmarks/results/mixed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from svlab import checkpoint
+from svlab.evaluate import EvalSet
+from svlab.models import build
+from svlab.profiles import REPO_ROOT, get_profile, seed_everything
+from svlab.quant import (
+    binarize,
+    binarizers,
+    binary_size,
+    model_hessian_sensitivity,
+    msft,
+    plan_bits,
+    quantizable_names,
+    quantize_model,
+)
+from svlab.quant.allocate import mixed_vs_uniform
+from svlab.quant.hessian import quantization_errors
+from svlab.quant.packed import model_size
+from svlab.quant.sensitivity import layer_sensitivity
+from svlab.train import SpeakerCrops, TrainConfig, train
+
+CHOICES = (1, 2, 3, 4, 6, 8)
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "mixed.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one model, fewer points and steps")
+    parser.add_argument("--checkpoints", nargs="*", help="model checkpoints (default: tutorials)")
+    parser.add_argument("--profile", default="ci")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="fine-tuning steps (default 60, quick 24)")
+    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-frames", type=int, default=200)
+    parser.add_argument(
+        "--msft-bits", type=int, default=2, help="one-shot / MSFT: mixed at this width's size"
+    )
+    parser.add_argument("--hutchinson", type=int, default=16, help="Rademacher samples")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = x.argsort(kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+class FineTuner:
+    """``trainer(steps, model)``: ``svlab.train.train`` for ``steps`` steps, in place."""
+
+    def __init__(self, args: argparse.Namespace, root: Path, workdir: Path) -> None:
+        self.args, self.root, self.workdir, self.runs = args, root, workdir, 0
+        crops = SpeakerCrops.from_corpus(root, args.crop_frames, args.seed)
+        self.steps_per_epoch = crops.batches_per_epoch(args.batch_size)
+
+    def config(self, steps: int) -> TrainConfig:
+        self.runs += 1
+        return TrainConfig(
+            name=f"finetune{self.runs}",
+            profile=self.args.profile,
+            data_root=str(self.root),
+            crop_frames=self.args.crop_frames,
+            batch_size=self.args.batch_size,
+            epochs=steps // self.steps_per_epoch + 1,  # so the run stops before its last step
+            stop_after_steps=steps,
+            lr=self.args.lr,
+            final_lr=self.args.lr / 10,
+            warmup_epochs=0,
+            margin_start_epoch=0,
+            margin_end_epoch=0,
+            eval_every=0,
+            checkpoint_every=10**9,
+            seed=self.args.seed,
+            out_dir=str(self.workdir / f"run{self.runs}"),
+        )
+
+    def __call__(self, steps: int, model: torch.nn.Module) -> torch.nn.Module:
+        train(self.config(steps), model=model, progress=False)
+        return model.eval()
+
+
+def calibration_batch(root: Path, args: argparse.Namespace, size: int) -> torch.Tensor:
+    """``size`` training crops (a fixed batch): the data of the Hessian and the measurement."""
+    crops = SpeakerCrops.from_corpus(root, args.crop_frames, args.seed + 1)
+    return crops.batch(epoch=0, index=0, batch_size=size)[0]
+
+
+def distortion_fn(model: torch.nn.Module, feats: torch.Tensor):
+    """Mean squared embedding change from the fp32 model on ``feats``: the measured loss."""
+    with torch.no_grad():
+        reference = model.eval()(feats)
+
+    def measure(quantized: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(((quantized.eval()(feats) - reference) ** 2).sum(dim=-1).mean())
+
+    return measure
+
+
+def measured_sensitivity(model, feats, choices) -> dict[str, dict[int, float]]:
+    """One layer at a time (``svlab.quant.layer_sensitivity``), each width, delta distortion."""
+    measure = distortion_fn(model, feats)
+    table: dict[str, dict[int, float]] = {}
+    for bits in choices:
+        rows = layer_sensitivity(model, measure, bits, metric="distortion")
+        for layer, delta in zip(rows["layer"], rows["delta_distortion"], strict=True):
+            table.setdefault(layer, {})[bits] = float(delta)
+    return table
+
+
+def bench_allocation(quick: bool) -> list[dict]:
+    """Time exact allocation on resnet34 (random init) with HAWQ-style costs."""
+    model = build("resnet34").eval()
+    seed_everything(0)
+    started = time.perf_counter()
+    errors = quantization_errors(model, CHOICES, method="uniform")
+    errors_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    sensitivity = model_hessian_sensitivity(
+        model, torch.randn(2, 100, 80), CHOICES, n_samples=1 if quick else 4, method="uniform"
+    )
+    hessian_seconds = time.perf_counter() - started
+    del errors
+    params = sum(p.numel() for p in model.parameters())
+    smallest, largest = model_size(model, 1), model_size(model, 8)
+    rows = []
+    for average in (1.5, 2, 3, 4, 6) if not quick else (2, 4):
+        size = smallest + (largest - smallest) * (average - 1) / 7
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            plan = plan_bits(model, sensitivity, size, CHOICES)
+            times.append(time.perf_counter() - started)
+        rows.append(
+            {
+                "model": "resnet34",
+                "params": params,
+                "layers": len(plan),
+                "target_avg_bits": average,
+                "size_bytes": model_size(model, plan),
+                "budget_bytes": int(size),
+                "allocate_seconds": min(times),
+                "bit_counts": {b: sum(v == b for v in plan.values()) for b in CHOICES},
+                "uniform_errors_seconds": errors_seconds,
+                "hessian_seconds": hessian_seconds,
+            }
+        )
+    return rows
+
+
+def score(eval_set: EvalSet, model: torch.nn.Module) -> float:
+    return float(eval_set.score(model)["eer"])
+
+
+def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner: FineTuner) -> dict:
+    name = path.stem
+    model = checkpoint.load_model(path).eval()
+    out: dict = {"checkpoint": str(path), "weights": len(quantizable_names(model))}
+    out["fp32"] = {"eer": score(eval_set, model), "size_bytes": model_size(model)}
+    feats = calibration_batch(root, args, 16 if args.quick else 32)
+
+    seed_everything(args.seed)
+    started = time.perf_counter()
+    hessian = model_hessian_sensitivity(model, feats, CHOICES, n_samples=args.hutchinson)
+    hessian_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    measured = measured_sensitivity(model, feats, CHOICES)
+    measured_seconds = time.perf_counter() - started
+    keys = [(layer, b) for layer in hessian for b in CHOICES]
+    out["sensitivity"] = {
+        "hessian_seconds": hessian_seconds,
+        "measured_seconds": measured_seconds,
+        "spearman": rank_correlation(
+            [hessian[k][b] for k, b in keys], [measured[k][b] for k, b in keys]
+        ),
+        "hessian": hessian,
+        "measured": measured,
+    }
+
+    eval_fn = eval_set.score
+    widths = (2, 3, 4) if args.quick else CHOICES
+    smallest, largest = model_size(model, 1), model_size(model, 4)
+    between = [] if args.quick else [smallest + (largest - smallest) * f for f in (0.15, 0.4)]
+    curve = mixed_vs_uniform(model, hessian, eval_fn, widths, extra_sizes=between)
+    for row in curve:
+        row["sensitivity"] = "hessian" if row["scheme"] == "mixed" else "-"
+    sizes = [row["size_bytes"] for row in curve if row["scheme"] == "uniform"] + between
+    for size in sizes:
+        plan = plan_bits(model, measured, size, CHOICES)
+        quantized = quantize_model(model, plan)
+        curve.append(
+            {
+                "scheme": "mixed",
+                "sensitivity": "measured",
+                "bits": average_bits(model, plan),
+                "size_bytes": model_size(quantized),
+                "eer": score(eval_set, quantized),
+                "bit_map": plan,
+            }
+        )
+    out["curve"] = curve
+
+    steps = args.steps
+    target = model_size(model, args.msft_bits)
+    plan = plan_bits(model, hessian, target, CHOICES)
+    runs = []
+
+    def record(method: str, tuned: torch.nn.Module, before: float | None, **extra) -> None:
+        runs.append(
+            {
+                "method": method,
+                "size_bytes": model_size(tuned),
+                "eer_before": before,
+                "eer": score(eval_set, tuned),
+                "steps": steps,
+                **extra,
+            }
+        )
+
+    control = tuner(steps, checkpoint.load_model(path))
+    record("fp32 fine-tuned (control)", control, out["fp32"]["eer"])
+    uniform = quantize_model(model, args.msft_bits)
+    before_uniform = score(eval_set, uniform)
+    record(f"uniform {args.msft_bits}-bit one-shot", tuner(steps, uniform), before_uniform)
+    oneshot = quantize_model(model, plan)
+    before = score(eval_set, oneshot)
+    record("mixed one-shot", tuner(steps, oneshot), before)
+    orders = ("shallow_to_deep", "sensitive_first") if args.quick else (
+        "shallow_to_deep", "deep_to_shallow", "sensitive_first", "sensitive_last"
+    )
+    n_stages = min(4, len(plan))
+    for order in orders:
+        tuned, history = msft(
+            model, plan, order, steps // n_stages, n_stages=n_stages, sensitivity=hessian,
+            trainer=tuner, eval_fn=lambda m: score(eval_set, m),
+        )
+        record(f"mixed MSFT {order}", tuned, before, stage_eer=[h["eval"] for h in history],
+               stages=[h["layers"] for h in history])
+    out["msft"] = {"bit_map": plan, "target_bytes": int(target), "runs": runs}
+
+    binary = []
+    for scheme in ("sign", "static", "adaptive", "kmeans"):
+        seed_everything(args.seed)
+        if scheme == "kmeans":
+            quantized = quantize_model(model, 1)
+            size = model_size(quantized)
+        else:
+            quantized = binarize(model, scheme)
+            size = binary_size(quantized)["total"]
+        ptq = score(eval_set, quantized)
+        learned = {}
+        if scheme == "adaptive":
+            learned["before"] = scale_threshold(quantized)
+        tuned = tuner(steps, quantized)
+        if scheme == "adaptive":
+            learned["after"] = scale_threshold(tuned)
+        binary.append(
+            {"scheme": scheme, "size_bytes": size, "eer_ptq": ptq, "eer": score(eval_set, tuned),
+             "steps": steps, **({"learned": learned} if learned else {})}
+        )
+    out["binary"] = binary
+    return {name: out}
+
+
+def average_bits(model: torch.nn.Module, plan: dict[str, int]) -> float:
+    weights = dict(model.named_parameters())
+    total = sum(weights[n].numel() for n in plan)
+    return sum(b * weights[n].numel() for n, b in plan.items()) / total
+
+
+def scale_threshold(model: torch.nn.Module) -> dict[str, float]:
+    """Mean |scale| and mean |threshold| / scale over the adaptive binarizers."""
+    found = binarizers(model).values()
+    scales = torch.cat([b.scale.detach().abs().reshape(-1) for b in found])
+    ratios = torch.cat([(b.threshold / b.scale).detach().abs().reshape(-1) for b in found])
+    return {"mean_scale": float(scales.mean()), "mean_threshold_over_scale": float(ratios.mean())}
+
+
+def print_tables(results: dict) -> None:
+    print("\nallocation time, resnet34 (exact multiple-choice knapsack, choices 1,2,3,4,6,8)")
+    print(f"{'avg bits':>8} {'layers':>6} {'budget KB':>10} {'size KB':>9} {'seconds':>8}  bits")
+    for r in results["allocation"]:
+        used = ",".join(f"{b}:{n}" for b, n in r["bit_counts"].items() if n)
+        print(f"{r['target_avg_bits']:>8} {r['layers']:>6} {r['budget_bytes'] / 1024:>10.1f} "
+              f"{r['size_bytes'] / 1024:>9.1f} {r['allocate_seconds']:>8.3f}  {used}")
+    for name, m in results["models"].items():
+        s = m["sensitivity"]
+        print(f"\n== {name}: fp32 EER {100 * m['fp32']['eer']:.2f}%, "
+              f"{m['fp32']['size_bytes'] / 1024:.1f} KB, {m['weights']} quantized weights")
+        print(f"sensitivity: Hessian {s['hessian_seconds']:.1f} s, measured "
+              f"{s['measured_seconds']:.1f} s, Spearman rho {s['spearman']:.3f}")
+        print(f"{'scheme':>8} {'sensitivity':>11} {'avg bits':>8} {'size KB':>8} {'EER %':>7}")
+        for r in sorted(m["curve"], key=lambda r: (r["size_bytes"], r["scheme"])):
+            print(f"{r['scheme']:>8} {r['sensitivity']:>11} {r['bits']:>8.2f} "
+                  f"{r['size_bytes'] / 1024:>8.2f} {100 * r['eer']:>7.2f}")
+        print(f"one-shot vs MSFT (bit map for {m['msft']['target_bytes'] / 1024:.1f} KB)")
+        print(f"{'method':>34} {'size KB':>8} {'EER before':>10} {'EER after':>9}")
+        for r in m["msft"]["runs"]:
+            print(f"{r['method']:>34} {r['size_bytes'] / 1024:>8.2f} "
+                  f"{100 * r['eer_before']:>10.2f} {100 * r['eer']:>9.2f}")
+        print(f"{'1-bit scheme':>12} {'size KB':>8} {'EER PTQ':>8} {'EER tuned':>9}")
+        for r in m["binary"]:
+            print(f"{r['scheme']:>12} {r['size_bytes'] / 1024:>8.2f} {100 * r['eer_ptq']:>8.2f} "
+                  f"{100 * r['eer']:>9.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.steps = args.steps or (24 if args.quick else 60)
+    torch.set_num_threads(1)
+    seed_everything(args.seed)
+    profile = get_profile(args.profile)
+    root = profile.ensure_corpus()
+    paths = [Path(p) for p in args.checkpoints] if args.checkpoints else sorted(
+        (REPO_ROOT / "checkpoints").glob("tutorial_*.pt")
+    )
+    if not paths:
+        print("no checkpoints/tutorial_*.pt: run `make checkpoints` first", file=sys.stderr)
+        return 1
+    if args.quick:
+        paths = paths[:1]
+    eval_set = EvalSet.from_corpus(root, max_seconds=3.0 if args.quick else None)
+    results: dict = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "allocation": bench_allocation(args.quick),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        tuner = FineTuner(args, root, Path(workdir))
+        for path in paths:
+            results["models"].update(bench_model(path, args, eval_set, root, tuner))
+    print_tables(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
