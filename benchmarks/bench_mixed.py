@@ -43,9 +43,10 @@ from svlab.quant import (
 )
 from svlab.quant.allocate import mixed_vs_uniform
 from svlab.quant.hessian import quantization_errors
+from svlab.quant.msft import fine_tuner
 from svlab.quant.packed import model_size
 from svlab.quant.sensitivity import layer_sensitivity
-from svlab.train import SpeakerCrops, TrainConfig, train
+from svlab.train import SpeakerCrops
 
 CHOICES = (1, 2, 3, 4, 6, 8)
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "mixed.json"
@@ -82,40 +83,6 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
         return r
 
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
-class FineTuner:
-    """``trainer(steps, model)``: ``svlab.train.train`` for ``steps`` steps, in place."""
-
-    def __init__(self, args: argparse.Namespace, root: Path, workdir: Path) -> None:
-        self.args, self.root, self.workdir, self.runs = args, root, workdir, 0
-        crops = SpeakerCrops.from_corpus(root, args.crop_frames, args.seed)
-        self.steps_per_epoch = crops.batches_per_epoch(args.batch_size)
-
-    def config(self, steps: int) -> TrainConfig:
-        self.runs += 1
-        return TrainConfig(
-            name=f"finetune{self.runs}",
-            profile=self.args.profile,
-            data_root=str(self.root),
-            crop_frames=self.args.crop_frames,
-            batch_size=self.args.batch_size,
-            epochs=steps // self.steps_per_epoch + 1,  # so the run stops before its last step
-            stop_after_steps=steps,
-            lr=self.args.lr,
-            final_lr=self.args.lr / 10,
-            warmup_epochs=0,
-            margin_start_epoch=0,
-            margin_end_epoch=0,
-            eval_every=0,
-            checkpoint_every=10**9,
-            seed=self.args.seed,
-            out_dir=str(self.workdir / f"run{self.runs}"),
-        )
-
-    def __call__(self, steps: int, model: torch.nn.Module) -> torch.nn.Module:
-        train(self.config(steps), model=model, progress=False)
-        return model.eval()
 
 
 def calibration_batch(root: Path, args: argparse.Namespace, size: int) -> torch.Tensor:
@@ -191,7 +158,7 @@ def score(eval_set: EvalSet, model: torch.nn.Module) -> float:
     return float(eval_set.score(model)["eer"])
 
 
-def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner: FineTuner) -> dict:
+def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner) -> dict:
     name = path.stem
     model = checkpoint.load_model(path).eval()
     out: dict = {"checkpoint": str(path), "weights": len(quantizable_names(model))}
@@ -365,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     with tempfile.TemporaryDirectory() as workdir:
-        tuner = FineTuner(args, root, Path(workdir))
+        tuner = fine_tuner(
+            args.profile, data_root=root, lr=args.lr, batch_size=args.batch_size,
+            crop_frames=args.crop_frames, seed=args.seed, out_dir=workdir,
+        )
         for path in paths:
             results["models"].update(bench_model(path, args, eval_set, root, tuner))
     print_tables(results)

@@ -11,7 +11,10 @@ straight-through estimator (``freeze_quantized=False``).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -133,6 +136,66 @@ def _default_trainer(cfg: Any, model: nn.Module) -> Any:
     from svlab.train import train
 
     return train(cfg, model=model)
+
+
+def fine_tuner(
+    profile: str = "ci",
+    *,
+    data_root: str | os.PathLike = "",
+    lr: float = 0.01,
+    batch_size: int = 32,
+    crop_frames: int = 200,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+) -> Callable[[int, nn.Module], nn.Module]:
+    """A trainer for :func:`msft`: ``trainer(steps, model)`` fine-tunes ``model`` in place.
+
+    Each call is one ``svlab.train.train`` run of ``steps`` steps (AAM-softmax with a fresh
+    head, full margin, no warm-up, learning rate decaying from ``lr`` towards ``lr / 10``, no
+    validation), writing its files under ``out_dir`` (default: a temporary directory). Pass
+    the number of steps per stage as ``msft``'s ``train_cfg``. Returns the model in eval mode.
+
+    >>> fine_tuner(data_root="/no/corpus")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no training list at /no/corpus/train.txt
+    """
+    from svlab.profiles import get_profile
+    from svlab.train import SpeakerCrops, TrainConfig, train
+
+    root = Path(data_root) if data_root else get_profile(profile).ensure_corpus()
+    steps_per_epoch = SpeakerCrops.from_corpus(root, crop_frames, seed).batches_per_epoch(
+        batch_size
+    )
+    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svlab-finetune-"))
+    runs = [0]
+
+    def trainer(steps: int, model: nn.Module) -> nn.Module:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"fine-tuning needs a positive whole number of steps, got {steps!r}")
+        runs[0] += 1
+        cfg = TrainConfig(
+            name=f"finetune{runs[0]}",
+            profile=profile,
+            data_root=str(root),
+            crop_frames=crop_frames,
+            batch_size=batch_size,
+            epochs=steps // steps_per_epoch + 1,  # the run stops before its last step
+            stop_after_steps=steps,
+            lr=lr,
+            final_lr=lr / 10,
+            warmup_epochs=0,
+            margin_start_epoch=0,
+            margin_end_epoch=0,
+            eval_every=0,
+            checkpoint_every=10**9,
+            seed=seed,
+            out_dir=str(folder / f"run{runs[0]}"),
+        )
+        train(cfg, model=model, progress=False)
+        return model.eval()
+
+    return trainer
 
 
 def msft(
