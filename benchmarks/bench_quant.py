@@ -1,0 +1,280 @@
+"""K-means quantization: speed and error vs scikit-learn, EER vs bits, fine-tuning, sensitivity."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from svlab import checkpoint
+from svlab.evaluate import EvalSet
+from svlab.models import build
+from svlab.profiles import REPO_ROOT, get_profile, seed_everything
+from svlab.quant import (
+    fit_quantizer,
+    keep_precise,
+    layer_sensitivity,
+    model_size,
+    quantizable_names,
+    quantize_model,
+    save_packed,
+    sse,
+)
+from svlab.quant.finetune import finetune, finetune_config
+from svlab.quant.outliers import LSTMEncoder, with_outlier_inputs
+from svlab.train import TrainConfig
+
+RESULTS = Path(__file__).parent / "results" / "quant.json"
+KB = 1024
+
+
+def speed_vs_sklearn(quick: bool, bits: int = 4) -> dict:
+    """Seconds and SSE to k-means-quantize every conv/linear weight of resnet34, ours vs sklearn."""
+    from sklearn.cluster import KMeans
+
+    seed_everything(0)
+    model = build("resnet34")
+    names = quantizable_names(model)
+    if quick:
+        names = names[:8]
+    rows = []
+    for name in names:
+        weight = model.get_parameter(name).detach()
+        start = time.perf_counter()
+        quantizer = fit_quantizer(weight, bits)
+        ours_s = time.perf_counter() - start
+        values = weight.double().reshape(-1, 1).numpy()
+        start = time.perf_counter()
+        kmeans = KMeans(n_clusters=2**bits, random_state=0).fit(values)
+        sklearn_s = time.perf_counter() - start
+        rows.append(
+            {
+                "layer": name,
+                "params": weight.numel(),
+                "ours_s": ours_s,
+                "sklearn_s": sklearn_s,
+                "ours_sse": sse(weight, quantizer.codebook[0]),
+                "sklearn_sse": float(kmeans.inertia_),
+            }
+        )
+    table = pd.DataFrame(rows)
+    total = table[["params", "ours_s", "sklearn_s", "ours_sse", "sklearn_sse"]].sum()
+    summary = {
+        "model": "resnet34",
+        "bits": bits,
+        "layers": len(rows),
+        "params": int(total["params"]),
+        "ours_s": float(total["ours_s"]),
+        "sklearn_s": float(total["sklearn_s"]),
+        "speedup": float(total["sklearn_s"] / total["ours_s"]),
+        "ours_sse": float(total["ours_sse"]),
+        "sklearn_sse": float(total["sklearn_sse"]),
+        "layers_where_ours_is_worse": int((table["ours_sse"] > table["sklearn_sse"]).sum()),
+    }
+    return {"summary": summary, "layers": rows}
+
+
+def finetune_cfg(path: Path, name: str, overrides: dict, epochs: float, threads: int, root: Path):
+    """The tutorial model's own recipe (configs/<stem>.toml) turned into a short fine-tuning run."""
+    recipe = REPO_ROOT / "configs" / f"{path.stem}.toml"
+    base = (
+        TrainConfig.from_toml(recipe, "ci")
+        if recipe.is_file()
+        else TrainConfig(model=name, model_args=overrides, crop_frames=100, batch_size=32)
+    )
+    return finetune_config(
+        base,
+        epochs=epochs,
+        name=f"ft-{path.stem}",
+        data_root=str(root),
+        threads=threads,
+        out_dir=tempfile.mkdtemp(prefix="svlab-ft-"),
+    )
+
+
+def eer_vs_bits(paths, eval_set, root, quick: bool, threads: int) -> list[dict]:
+    """EER and packed size of each tutorial model at each bit width, k-means vs uniform,
+    before and after fine-tuning through the quantizer."""
+    bit_widths = [4, 2] if quick else [8, 6, 4, 3, 2]
+    epochs = 1 if quick else 2
+    rows = []
+    for path in paths:
+        ckpt = checkpoint.load(path)
+        fp32 = checkpoint.load_model(path).eval()
+        fp32_eer = eval_set.score(fp32)["eer"]
+        base = {"model": path.stem, "fp32_eer": fp32_eer, "fp32_kb": model_size(fp32) / KB}
+        for method in ("kmeans", "uniform"):
+            for bits in bit_widths:
+                seed_everything(0)
+                quantized = quantize_model(fp32, bits, method=method).eval()
+                row = {
+                    **base,
+                    "method": method,
+                    "bits": bits,
+                    "size_kb": model_size(quantized) / KB,
+                    "eer_before_ft": eval_set.score(quantized)["eer"],
+                }
+                if not quick or method == "kmeans":
+                    cfg = finetune_cfg(
+                        path, ckpt["model"], ckpt["overrides"], epochs, threads, root
+                    )
+                    start = time.perf_counter()
+                    finetune(quantized, cfg)
+                    row["ft_seconds"] = time.perf_counter() - start
+                    row["eer_after_ft"] = eval_set.score(quantized)["eer"]
+                rows.append(row)
+                print(pd.DataFrame([row]).round(4).to_string(index=False, header=len(rows) == 1))
+    return rows
+
+
+def packed_file_sizes(path: Path) -> dict:
+    """Bytes on disk: the fp32 checkpoint vs the 4-bit packed file of the same model."""
+    fp32 = checkpoint.load_model(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = save_packed(quantize_model(fp32, 4), Path(tmp) / "model.svq")
+        packed_bytes = packed.stat().st_size
+    fp32_bytes = path.stat().st_size
+    return {
+        "model": path.stem,
+        "fp32_file_kb": fp32_bytes / KB,
+        "packed_4bit_file_kb": packed_bytes / KB,
+        "ratio": packed_bytes / fp32_bytes,
+    }
+
+
+def sensitivity_study(path: Path, eval_set, bits: int, size_fraction: float) -> dict:
+    """Quantize one layer at a time; keep the most harmful layers fp32 for a size target."""
+    fp32 = checkpoint.load_model(path).eval()
+    table = layer_sensitivity(fp32, eval_set.score, bits)
+    fp32_size = model_size(fp32)
+    kept = keep_precise(table, size_fraction, fp32_size)
+    mixed = quantize_model(fp32, bits, exclude=kept or None).eval()
+    everything = quantize_model(fp32, bits).eval()
+    result = {
+        "model": path.stem,
+        "bits": bits,
+        "size_target": size_fraction,
+        "fp32": {"eer": table.attrs["baseline"], "size_kb": fp32_size / KB},
+        "mixed": {"eer": eval_set.score(mixed)["eer"], "size_kb": model_size(mixed) / KB},
+        f"all_{bits}bit": {
+            "eer": eval_set.score(everything)["eer"],
+            "size_kb": model_size(everything) / KB,
+        },
+        "kept_fp32": kept,
+        "table": table.to_dict(orient="records"),
+    }
+    print(table.round(5).to_string(index=False))
+    return result
+
+
+def outlier_lstm(eval_set, root, quick: bool, threads: int) -> dict:
+    """An LSTM encoder whose input weights reach |w| = 60: per-tensor 4-bit vs per-row / 8-bit."""
+    seed_everything(0)
+    cfg = TrainConfig(
+        name="lstm-outliers",
+        model="lstm",
+        crop_frames=100,
+        batch_size=32,
+        epochs=2 if quick else 6,
+        optimizer="adam",
+        lr=0.005,
+        final_lr=0.0005,
+        warmup_epochs=0.5,
+        margin_start_epoch=0.5,
+        margin_end_epoch=1.5,
+        eval_every=0,
+        data_root=str(root),
+        threads=threads,
+        out_dir=tempfile.mkdtemp(prefix="svlab-lstm-"),
+    )
+    from svlab.train import train
+
+    trained = train(cfg, model=LSTMEncoder(hidden=128), progress=False).model.eval()
+    model = with_outlier_inputs(trained).eval()
+    weight = model.lstm.weight_ih_l0.detach()
+    rows = [{"setting": "fp32", "eer": eval_set.score(model)["eer"], "size_kb": model_size(model)}]
+    for label, bits, granularity in [
+        ("4-bit per tensor", 4, "tensor"),
+        ("4-bit per row", 4, "channel"),
+        ("8-bit per tensor", 8, "tensor"),
+        ("4-bit per tensor, input layer 8-bit", {"lstm.weight_ih_l0": 8, "*": 4}, "tensor"),
+    ]:
+        quantized = quantize_model(model, bits, granularity=granularity).eval()
+        rows.append(
+            {
+                "setting": label,
+                "eer": eval_set.score(quantized)["eer"],
+                "size_kb": model_size(quantized),
+            }
+        )
+    for row in rows:
+        row["size_kb"] /= KB
+    print(pd.DataFrame(rows).round(4).to_string(index=False))
+    return {
+        "input_weight_max_abs": float(weight.abs().max()),
+        "input_weight_std": float(weight.std()),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small run (minutes)")
+    parser.add_argument("--checkpoints", default="checkpoints/tutorial_*.pt")
+    parser.add_argument("--sensitivity-model", default="tutorial_ecapa")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+    results = {
+        "settings": {
+            "quick": args.quick,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        }
+    }
+    print("== k-means of every resnet34 conv/linear weight at 4 bits, ours vs scikit-learn")
+    results["speed"] = speed_vs_sklearn(args.quick)
+    print(pd.DataFrame(results["speed"]["layers"]).round(5).to_string(index=False))
+    print(json.dumps(results["speed"]["summary"], indent=1))
+
+    paths = sorted(Path(p) for p in glob.glob(str(REPO_ROOT / args.checkpoints)))
+    if not paths:
+        print(f"no checkpoints match {args.checkpoints}: run `make checkpoints` for EER tables")
+        results["eer"] = {"skipped": f"no checkpoints match {args.checkpoints}"}
+    else:
+        root = get_profile("ci").ensure_corpus()
+        eval_set = EvalSet.from_corpus(root)
+        print("== packed file sizes")
+        results["packed_files"] = [packed_file_sizes(p) for p in paths]
+        print(pd.DataFrame(results["packed_files"]).round(4).to_string(index=False))
+        print("== EER vs bits, k-means vs uniform, before / after fine-tuning")
+        results["eer"] = eer_vs_bits(paths, eval_set, root, args.quick, args.threads)
+        chosen = [p for p in paths if p.stem == args.sensitivity_model]
+        if chosen:
+            print(f"== layer-wise sensitivity of {chosen[0].stem} at 4 bits, half-size target")
+            results["sensitivity"] = sensitivity_study(chosen[0], eval_set, 4, 0.5)
+        else:
+            results["sensitivity"] = {"skipped": f"no {args.sensitivity_model} checkpoint"}
+        print("== outlier-heavy LSTM input layer")
+        results["outlier_lstm"] = outlier_lstm(eval_set, root, args.quick, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
