@@ -1,1 +1,1 @@
-"""svlab: a workbench for memory-efficient training and compression of speaker-verification models."""
+"""svlab: a workbench for memory-efficient training and compression of speaker models."""

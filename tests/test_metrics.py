@@ -33,7 +33,8 @@ def random_trials(seed, n, ties):
 @pytest.mark.parametrize("ties", [False, True])
 def test_rates_match_brute_force(seed, ties):
     scores, labels = random_trials(seed, 300, ties)
-    for fast, slow in zip(error_rates(scores, labels), brute_force_rates(scores, labels)):
+    expected = brute_force_rates(scores, labels)
+    for fast, slow in zip(error_rates(scores, labels), expected, strict=True):
         np.testing.assert_allclose(fast, slow)
 
 
