@@ -15,6 +15,7 @@ from svlab.optim import (
     OptimizerStateError,
     QuantizationError,
     SGD8bit,
+    adam_update_error,
     dequantize_blockwise,
     dynamic_map,
     linear_map,
@@ -117,6 +118,18 @@ def test_dynamic_keeps_small_values_that_linear_flushes_to_zero():
         q, absmax = quantize_blockwise(v, code)
         flushed = ((dequantize_blockwise(q, absmax, code) == 0) & (v > 0)).float().mean()
         assert flushed_min <= flushed <= flushed_max
+
+
+def test_adam_update_survives_dynamic_but_not_linear_states():
+    torch.manual_seed(4)
+    # gradient scales over 2 decades, mixed within blocks; moments of 10 steps
+    scale = torch.logspace(-2, 0, 8).repeat_interleave(4096)[torch.randperm(8 * 4096)]
+    grads = torch.randn(10, scale.numel()) * scale
+    m, v = 0.1 * grads.mean(0), 0.001 * grads.pow(2).mean(0)
+    dynamic = adam_update_error(m, v, dynamic_map(True), dynamic_map(False))
+    linear = adam_update_error(m, v, linear_map(True), linear_map(False))
+    assert dynamic["rel_err"] < 0.1 and dynamic["max_ratio"] < 1.5
+    assert linear["max_ratio"] > 100
 
 
 def test_linear_map_is_uniform():

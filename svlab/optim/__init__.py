@@ -7,6 +7,7 @@ code), ``optimizers`` (SGD8bit, Adam8bit) and ``build`` (choose by name, count s
 
 from svlab.optim.blockwise import (
     QuantizationError,
+    adam_update_error,
     check_blocksize,
     dequantize_blockwise,
     nearest_code,
@@ -41,6 +42,7 @@ __all__ = [
     "OptimizerStateError",
     "QuantizationError",
     "SGD8bit",
+    "adam_update_error",
     "check_blocksize",
     "dequantize_blockwise",
     "dynamic_map",
