@@ -150,9 +150,10 @@ def fine_tuner(
 ) -> Callable[[int, nn.Module], nn.Module]:
     """A trainer for :func:`msft`: ``trainer(steps, model)`` fine-tunes ``model`` in place.
 
-    Each call is one ``svlab.train.train`` run of ``steps`` steps (AAM-softmax with a fresh
-    head, full margin, no warm-up, learning rate decaying from ``lr`` towards ``lr / 10``, no
-    validation), writing its files under ``out_dir`` (default: a temporary directory). Pass
+    Each call is one ``svlab.train.train`` run of ``steps`` steps, set up by
+    :func:`svlab.quant.finetune.finetune_config` (AAM-softmax with a fresh head, full margin, no
+    validation) without warm-up and with the learning rate decaying from ``lr`` towards
+    ``lr / 10``; it writes its files under ``out_dir`` (default: a temporary directory). Pass
     the number of steps per stage as ``msft``'s ``train_cfg``. Returns the model in eval mode.
 
     >>> fine_tuner(data_root="/no/corpus")
@@ -161,6 +162,7 @@ def fine_tuner(
     FileNotFoundError: no training list at /no/corpus/train.txt
     """
     from svlab.profiles import get_profile
+    from svlab.quant.finetune import finetune_config
     from svlab.train import SpeakerCrops, TrainConfig, train
 
     root = Path(data_root) if data_root else get_profile(profile).ensure_corpus()
@@ -174,23 +176,23 @@ def fine_tuner(
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"fine-tuning needs a positive whole number of steps, got {steps!r}")
         runs[0] += 1
-        cfg = TrainConfig(
+        base = TrainConfig(
             name=f"finetune{runs[0]}",
             profile=profile,
             data_root=str(root),
             crop_frames=crop_frames,
             batch_size=batch_size,
+            seed=seed,
+            out_dir=str(folder / f"run{runs[0]}"),
+        )
+        cfg = finetune_config(
+            base,
             epochs=steps // steps_per_epoch + 1,  # the run stops before its last step
             stop_after_steps=steps,
             lr=lr,
             final_lr=lr / 10,
             warmup_epochs=0,
-            margin_start_epoch=0,
-            margin_end_epoch=0,
-            eval_every=0,
             checkpoint_every=10**9,
-            seed=seed,
-            out_dir=str(folder / f"run{runs[0]}"),
         )
         train(cfg, model=model, progress=False)
         return model.eval()
