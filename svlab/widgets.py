@@ -104,8 +104,8 @@ class Workbench:
     def __init__(self, live: LiveQuantizer, budget_kb: float | None = None) -> None:
         self.live = live
         self._busy = False
-        layout = w.Layout(width="330px")
-        style = {"description_width": "150px"}
+        layout = w.Layout(width="420px")
+        style = {"description_width": "170px"}
         self.global_slider = w.SelectionSlider(
             options=BITS_OPTIONS, value="fp32", description="all layers",
             continuous_update=False, layout=layout, style=style,
@@ -238,7 +238,14 @@ class Workbench:
 
     @property
     def widget(self) -> w.Widget:
-        """The whole workbench as one widget, to display in a notebook."""
+        """The whole workbench as one widget, to display in a notebook.
+
+        The figures are made anew here from their current state: a plotly FigureWidget sends
+        changes to the browser as messages that only a displayed view receives, so figures
+        changed before display would show up empty.
+        """
+        self.histogram = _redisplayable(self.histogram, "svlab-histogram")
+        self.det = _redisplayable(self.det, "svlab-det")
         presets = w.VBox([
             w.HBox(list(self.preset_buttons.values())),
             w.HBox([self.budget, self.mixed_button]),
@@ -246,7 +253,7 @@ class Workbench:
         ])
         sliders = w.VBox(
             [self.global_slider, *self.layer_sliders.values()],
-            layout=w.Layout(max_height="420px", overflow_y="auto", width="360px"),
+            layout=w.Layout(max_height="420px", overflow_y="auto", width="440px"),
         )
         controls = w.VBox([self.quantizer, self.granularity, presets, self.message])
         panels = w.VBox([
@@ -259,6 +266,17 @@ class Workbench:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _redisplayable(figure: go.FigureWidget, css_class: str) -> go.FigureWidget:
+    """A new FigureWidget holding ``figure``'s current data and layout, tagged ``css_class``.
+
+    >>> _redisplayable(go.FigureWidget(data=[go.Bar(y=[1, 2])]), "x")._dom_classes
+    ('x',)
+    """
+    fresh = go.FigureWidget(figure.to_dict())
+    fresh.add_class(css_class)
+    return fresh
 
 
 MEMORY_FAMILIES = {
@@ -342,6 +360,7 @@ class MemoryPanel:
         """The panel as one widget."""
         controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
                            self.reversible, self.eight_bit])
+        self.figure = _redisplayable(self.figure, "svlab-memory")
         return w.HBox([controls, w.VBox([self.numbers, self.figure])])
 
     def _ipython_display_(self) -> None:

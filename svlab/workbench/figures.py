@@ -11,6 +11,7 @@ import torch
 DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 DET_LIMITS = (0.0005, 0.5)
 MAX_LEVEL_MARKERS = 2048
+HISTOGRAM_BINS = 80
 
 
 def probit(rates) -> np.ndarray:
@@ -42,7 +43,7 @@ def det_figure() -> go.Figure:
         xaxis={"title": "false alarm rate (%)", **ticks},
         yaxis={"title": "miss rate (%)", **ticks},
         height=330,
-        width=380,
+        width=360,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"x": 0.98, "xanchor": "right", "y": 0.98},
     )
@@ -60,13 +61,13 @@ def set_det(fig: go.Figure, trace: int, far: np.ndarray, frr: np.ndarray) -> Non
 
 
 def histogram_figure() -> go.Figure:
-    """An empty weight histogram: fp32 weights as bars, quantization levels as markers below.
+    """An empty weight histogram: fp32 weight counts as bars, quantization levels as markers.
 
     >>> [t.name for t in histogram_figure().data]
     ['fp32 weights', 'levels']
     """
     fig = go.Figure()
-    fig.add_histogram(x=[], nbinsx=80, name="fp32 weights", marker={"color": "steelblue"})
+    fig.add_bar(x=[], y=[], name="fp32 weights", marker={"color": "steelblue"})
     fig.add_scatter(
         x=[],
         y=[],
@@ -79,7 +80,7 @@ def histogram_figure() -> go.Figure:
         xaxis_title="weight value",
         yaxis_title="count",
         height=330,
-        width=460,
+        width=420,
         bargap=0.02,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"x": 0.98, "xanchor": "right", "y": 0.98},
@@ -92,20 +93,23 @@ def set_histogram(
 ) -> None:
     """Show ``weight``'s values and its quantization ``levels`` (``None``: fp32, no levels).
 
-    The levels (all groups' codebook entries, at most ``MAX_LEVEL_MARKERS`` distinct ones) are
-    drawn as markers on the x axis, where the weights that round to them lie.
+    The weights are counted here in ``HISTOGRAM_BINS`` bins (only the counts go to the
+    browser); the levels (all groups' codebook entries, at most ``MAX_LEVEL_MARKERS`` distinct
+    ones) are drawn as markers on the x axis, where the weights that round to them lie.
 
     >>> fig = histogram_figure()
     >>> set_histogram(fig, "fc", torch.tensor([0.0, 1.0, 2.0]), torch.tensor([[0.5, 1.5]]), "1 bit")
-    >>> fig.data[1].x.tolist(), fig.layout.title.text
-    ([0.5, 1.5], 'fc: 1 bit, 2 levels')
+    >>> fig.data[1].x.tolist(), fig.layout.title.text, int(fig.data[0].y.sum())
+    ([0.5, 1.5], 'fc: 1 bit, 2 levels', 3)
     """
     values = weight.detach().float().reshape(-1).cpu().numpy()
     distinct = np.array([]) if levels is None else np.unique(levels.detach().float().cpu().numpy())
     if distinct.size > MAX_LEVEL_MARKERS:
         distinct = distinct[np.linspace(0, distinct.size - 1, MAX_LEVEL_MARKERS).astype(int)]
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
     with fig.batch_update():
-        fig.data[0].x = values
+        fig.data[0].x, fig.data[0].y = (edges[1:] + edges[:-1]) / 2, counts
+        fig.data[0].width = edges[1] - edges[0]
         fig.data[1].x, fig.data[1].y = distinct, np.zeros(distinct.size)
         suffix = "" if levels is None else f", {distinct.size} levels"
         fig.layout.title.text = f"{layer}: {label}{suffix}"
