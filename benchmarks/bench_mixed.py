@@ -42,10 +42,9 @@ from svlab.quant import (
     quantize_model,
 )
 from svlab.quant.allocate import mixed_vs_uniform
-from svlab.quant.hessian import quantization_errors
+from svlab.quant.hessian import measured_sensitivity, quantization_errors
 from svlab.quant.msft import fine_tuner
 from svlab.quant.packed import model_size
-from svlab.quant.sensitivity import layer_sensitivity
 from svlab.train import SpeakerCrops
 
 CHOICES = (1, 2, 3, 4, 6, 8)
@@ -101,17 +100,6 @@ def distortion_fn(model: torch.nn.Module, feats: torch.Tensor):
             return float(((quantized.eval()(feats) - reference) ** 2).sum(dim=-1).mean())
 
     return measure
-
-
-def measured_sensitivity(model, feats, choices) -> dict[str, dict[int, float]]:
-    """One layer at a time (``svlab.quant.layer_sensitivity``), each width, delta distortion."""
-    measure = distortion_fn(model, feats)
-    table: dict[str, dict[int, float]] = {}
-    for bits in choices:
-        rows = layer_sensitivity(model, measure, bits, metric="distortion")
-        for layer, delta in zip(rows["layer"], rows["delta_distortion"], strict=True):
-            table.setdefault(layer, {})[bits] = float(delta)
-    return table
 
 
 def bench_allocation(quick: bool) -> list[dict]:
@@ -170,7 +158,9 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner) -> dict:
     hessian = model_hessian_sensitivity(model, feats, CHOICES, n_samples=args.hutchinson)
     hessian_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    measured = measured_sensitivity(model, feats, CHOICES)
+    measured = measured_sensitivity(
+        model, distortion_fn(model, feats), CHOICES, metric="distortion"
+    )
     measured_seconds = time.perf_counter() - started
     keys = [(layer, b) for layer in hessian for b in CHOICES]
     out["sensitivity"] = {

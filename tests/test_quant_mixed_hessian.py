@@ -11,6 +11,7 @@ from svlab.quant.hessian import (
     embedding_distortion_loss,
     hessian_sensitivity,
     hutchinson_trace,
+    measured_sensitivity,
     model_hessian_sensitivity,
     quantization_errors,
 )
@@ -147,3 +148,21 @@ def test_model_hessian_sensitivity_leaves_the_model_alone():
     assert list(table) == ["0.weight"] and table["0.weight"][1] > table["0.weight"][4] > 0
     assert net.training and not net[0].weight.requires_grad
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_measured_sensitivity_quantizes_one_layer_at_a_time():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    x = torch.randn(20, 3)
+    with torch.no_grad():
+        y = net(x)
+
+    def drift(m):
+        with torch.no_grad():
+            return float(((m(x) - y) ** 2).mean())
+
+    table = measured_sensitivity(net, drift, (1, 2), metric="drift")
+    for bits in (1, 2):
+        for name in ("0.weight", "2.weight"):
+            alone = quantize_model(net, {name: bits})
+            assert table[name][bits] == pytest.approx(drift(alone) - drift(net))

@@ -1,4 +1,4 @@
-"""Hessian-trace layer sensitivity (Hutchinson's estimator), HAWQ-style, for bit allocation.
+"""Layer sensitivity tables for bit allocation: Hessian trace (HAWQ-v2, Hutchinson), or measured.
 
 The loss increase from perturbing a layer's weights ``W`` by ``dW`` is, to second order at a
 trained minimum, ``dW^T H dW / 2``. HAWQ-v2 replaces the layer's Hessian block ``H`` by its
@@ -7,11 +7,20 @@ average eigenvalue ``tr(H) / n`` so that quantizing the layer to ``b`` bits cost
 ``tr(H) = E[v^T H v]`` over Rademacher vectors ``v``, each term one Hessian-vector product.
 One product over the whole model gives every layer's estimate at once: the off-diagonal blocks
 average out because the layers' vectors are independent.
+
+The default sensitivity for :func:`svlab.quant.allocate_bits` is this Hessian estimate
+(:func:`model_hessian_sensitivity`): arXiv:2406.05359 guides its mixed precision by the Hessian;
+its cost is a fixed number of Hessian-vector products whatever the number of layers and bit
+widths, while measuring costs one evaluation per layer *and* width; and a second-order model
+is additive over layers, which is what the knapsack assumes. :func:`measured_sensitivity`
+(one layer at a time, :func:`svlab.quant.layer_sensitivity`) is the check beside it, exact for
+each layer alone; benchmarks/bench_mixed.py compares the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -187,3 +196,33 @@ def model_hessian_sensitivity(
         name: {bits: traces[name] / params[name].numel() * err for bits, err in row.items()}
         for name, row in errors.items()
     }
+
+
+def measured_sensitivity(
+    model: nn.Module,
+    eval_fn: Callable[[nn.Module], Any],
+    choices: Sequence[int],
+    *,
+    metric: str = "eer",
+    **quantize_kwargs,
+) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: change of eval_fn}}``: each weight quantized alone, at each width.
+
+    Runs :func:`svlab.quant.layer_sensitivity` once per width (one evaluation per layer and
+    width). ``eval_fn(model)`` returns a number or a dict holding ``metric``; lower is better.
+
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    >>> x = torch.randn(16, 4); y = net(x).detach()
+    >>> mse = lambda m: float(((m(x) - y) ** 2).mean().detach())
+    >>> table = measured_sensitivity(net, mse, (1, 4), metric="mse")
+    >>> sorted(table), all(t[1] > t[4] for t in table.values())
+    (['0.weight', '1.weight'], True)
+    """
+    from svlab.quant.sensitivity import layer_sensitivity
+
+    table: dict[str, dict[int, float]] = {}
+    for bits in choices:
+        rows = layer_sensitivity(model, eval_fn, bits, metric=metric, **quantize_kwargs)
+        for layer, delta in zip(rows["layer"], rows[f"delta_{metric}"], strict=True):
+            table.setdefault(layer, {})[bits] = float(delta)
+    return table
