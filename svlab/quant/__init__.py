@@ -48,9 +48,14 @@ from svlab.quant.binarize import (  # noqa: E402
     binary_size,
     load_binary,
     save_binary,
+    track_binary,
 )
-from svlab.quant.hessian import hutchinson_trace, model_hessian_sensitivity  # noqa: E402
-from svlab.quant.msft import make_stages, msft  # noqa: E402
+from svlab.quant.hessian import (  # noqa: E402
+    hutchinson_trace,
+    measured_sensitivity,
+    model_hessian_sensitivity,
+)
+from svlab.quant.msft import fine_tuner, make_stages, msft  # noqa: E402
 
 __all__ += [
     "BudgetError",
@@ -58,12 +63,15 @@ __all__ += [
     "binarize",
     "binarizers",
     "binary_size",
+    "fine_tuner",
     "hutchinson_trace",
     "layer_sizes",
     "load_binary",
     "make_stages",
+    "measured_sensitivity",
     "model_hessian_sensitivity",
     "msft",
     "plan_bits",
     "save_binary",
+    "track_binary",
 ]
