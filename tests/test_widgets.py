@@ -1,0 +1,226 @@
+"""The workbench without a browser: cached re-embedding, live quantization, the panels' numbers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from svlab.evaluate import EvalSet
+from svlab.memory import project
+from svlab.models import ECAPATDNN, ResNet
+from svlab.quant import quantize_model
+from svlab.quant.binarize import binarize, binary_size
+from svlab.quant.packed import model_size
+from svlab.widgets import MemoryPanel, Workbench, bits_option
+from svlab.workbench.cache import PrefixCache
+from svlab.workbench.engine import LiveQuantizer, workbench_trials
+from svlab.workbench.figures import probit
+
+torch.set_num_threads(1)
+
+
+def tiny_resnet() -> ResNet:
+    torch.manual_seed(0)
+    return ResNet([1, 1], 4, feat_dim=16, embed_dim=8, strides=(1, 2)).eval()
+
+
+def tiny_evalset(feat_dim: int = 16, n_speakers: int = 4, per_speaker: int = 3) -> EvalSet:
+    """Random features with a speaker offset, every pair a trial."""
+    gen = torch.Generator().manual_seed(1)
+    keys = [f"s{s}/u{u}" for s in range(n_speakers) for u in range(per_speaker)]
+    offsets = torch.randn(n_speakers, 1, feat_dim, generator=gen)
+    feats = [offsets[int(k[1])] + torch.randn(20, feat_dim, generator=gen) for k in keys]
+    batches = [torch.stack(feats[:5]), torch.stack(feats[5:])]
+    pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    labels = np.array([int(a.split("/")[0] == b.split("/")[0]) for a, b in pairs])
+    return EvalSet(keys, batches, torch.zeros(len(keys), feat_dim), pairs, labels)
+
+
+def full_forward(model, evalset) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(b) for b in evalset.batches])
+
+
+# ---------------------------------------------------------------- PrefixCache
+
+
+@pytest.mark.parametrize("make", [tiny_resnet, lambda: ECAPATDNN(feat_dim=16, channels=8,
+                                                                   embed_dim=8).eval()])
+def test_prefix_cache_matches_a_full_forward_after_each_change(make):
+    torch.manual_seed(0)
+    model, evalset = make(), tiny_evalset()
+    cache = PrefixCache(model, evalset.batches)
+    assert torch.allclose(cache.embed(), full_forward(model, evalset), atol=1e-6)
+    names = [n for n, p in model.named_parameters() if p.dim() > 1]
+    for name in [names[-1], names[len(names) // 2], names[0]]:
+        with torch.no_grad():
+            dict(model.named_parameters())[name].mul_(-1.5)
+        assert torch.allclose(cache.embed([name]), full_forward(model, evalset), atol=1e-5)
+        owner = next(p for p in cache.order if name.startswith(p + "."))
+        assert cache.last_recomputed == cache.order[cache.order.index(owner):]
+
+
+def test_prefix_cache_rejects_bad_points():
+    with pytest.raises(ValueError, match="not submodules"):
+        PrefixCache(tiny_resnet(), tiny_evalset().batches, cache_points=["nope"])
+    with pytest.raises(ValueError, match="must not nest"):
+        PrefixCache(tiny_resnet(), tiny_evalset().batches, cache_points=["stages", "stages.0"])
+
+
+# ---------------------------------------------------------------- LiveQuantizer
+
+
+@pytest.mark.parametrize("quantizer,granularity", [("kmeans", "tensor"), ("uniform", "channel")])
+def test_live_scores_equal_quantize_model_then_evalset_score(quantizer, granularity):
+    model, evalset = tiny_resnet(), tiny_evalset()
+    live = LiveQuantizer(model, evalset, quantizer=quantizer, granularity=granularity)
+    bit_map = {live.layers[0]: 2, live.layers[3]: 3, live.layers[-1]: 1}
+    for layer, bits in bit_map.items():  # one layer at a time, as the sliders do
+        live.set_bits(layer, bits)
+    reference = quantize_model(model, bit_map, method=quantizer, granularity=granularity)
+    expected = evalset.score(reference)
+    assert live.current.eer == pytest.approx(expected["eer"], abs=1e-9)
+    assert live.current.min_dcf == pytest.approx(expected["min_dcf"], abs=1e-9)
+    assert live.size_bytes() == model_size(model, bit_map, method=quantizer,
+                                           granularity=granularity)
+    live.set_all(None)
+    assert live.current.eer == pytest.approx(evalset.score(model)["eer"], abs=1e-9)
+
+
+@pytest.mark.parametrize("scheme", ["sign", "static"])
+def test_binary_quantizer_matches_binarize(scheme):
+    model, evalset = tiny_resnet(), tiny_evalset()
+    live = LiveQuantizer(model, evalset, quantizer=scheme, granularity="channel")
+    live.set_all(1)
+    reference = binarize(model, scheme, granularity="channel")
+    assert live.current.eer == pytest.approx(evalset.score(reference)["eer"], abs=1e-9)
+    assert live.size_bytes() == binary_size(reference)["total"]
+    live.set_all(4)  # binary schemes act at 1 bit only: 4 bits is k-means
+    assert live.scheme(4) == "kmeans"
+    expected = evalset.score(quantize_model(model, 4, granularity="channel"))
+    assert live.current.eer == pytest.approx(expected["eer"], abs=1e-9)
+
+
+def test_delta_eer_and_pick_follow_one_layer_at_a_time():
+    model, evalset = tiny_resnet(), tiny_evalset()
+    live = LiveQuantizer(model, evalset)
+    live.set_bits(live.layers[1], 8)
+    deltas = live.delta_eer(1)
+    fp32 = evalset.score(model)["eer"]
+    for layer in (live.layers[0], live.layers[-1]):
+        alone = evalset.score(quantize_model(model, {layer: 1}))["eer"]
+        assert deltas[layer] == pytest.approx(alone - fp32, abs=1e-9)
+    assert live.bits[live.layers[1]] == 8  # restored
+    assert set(live.sensitivity_pick(1, tolerance=1.0).values()) == {1}
+    picked = live.sensitivity_pick(1, tolerance=0.0)
+    assert picked == {layer: 1 if deltas[layer] <= 0 else None for layer in live.layers}
+
+
+def test_mixed_precision_fits_the_budget_and_too_small_a_budget_is_an_error():
+    live = LiveQuantizer(tiny_resnet(), tiny_evalset())
+    fp32 = live.size_bytes()
+    bit_map = live.mixed_precision(fp32 / 5)
+    assert live.size_bytes(bit_map) <= fp32 / 5
+    assert live.size_bytes(bit_map) > live.size_bytes(dict.fromkeys(live.layers, 1))
+    with pytest.raises(ValueError, match="below the smallest possible size"):
+        live.mixed_precision(100)
+
+
+def test_bad_input_names_the_layer_and_changes_nothing():
+    live = LiveQuantizer(tiny_resnet(), tiny_evalset())
+    layer = live.layers[2]
+    with pytest.raises(ValueError, match=re.escape(layer)):
+        live.set_bit_map({live.layers[0]: 4, layer: 9})
+    with pytest.raises(ValueError, match="unknown layer 'fc'"):
+        live.set_bits("fc", 4)
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        live.set_quantizer("ternary")
+    assert set(live.bits.values()) == {None}
+
+
+def test_workbench_trials_pairs_kept_utterances_across_sessions(tmp_path):
+    (tmp_path / "trials").mkdir()
+    lines = [f"1 a/s{i}/1.wav a/s{i}/2.wav" for i in range(3)] + ["0 a/s0/1.wav b/t/1.wav",
+                                                                   "0 b/t/2.wav b/t/3.wav"]
+    (tmp_path / "trials" / "test.txt").write_text("\n".join(lines) + "\n")
+    trials = workbench_trials(tmp_path, per_speaker=3)
+    kept = sorted({p for _, a, b in trials for p in (a, b)})
+    assert kept == ["a/s0/1.wav", "a/s1/1.wav", "a/s2/1.wav", "b/t/1.wav", "b/t/2.wav",
+                    "b/t/3.wav"]
+    assert len(trials) == 15
+    assert all(label == (a[0] == b[0]) for label, a, b in trials)
+
+
+# ---------------------------------------------------------------- the widgets
+
+
+def shown(workbench: Workbench) -> dict[str, str]:
+    """The numbers panel as text, by CSS class: what a learner reads."""
+    return dict(re.findall(r"class='svlab-(\w+)'>([^<]+)<", workbench.numbers.value))
+
+
+def test_moving_a_layer_slider_updates_every_panel():
+    model, evalset = tiny_resnet(), tiny_evalset()
+    wb = Workbench(LiveQuantizer(model, evalset))
+    layer = wb.live.layers[-2]
+    wb.layer_sliders[layer].value = "2"
+    expected = evalset.score(quantize_model(model, {layer: 2}))
+    size = model_size(model, {layer: 2})
+    numbers = shown(wb)
+    assert numbers["eer"] == f"{100 * expected['eer']:.2f}%"
+    assert numbers["mindcf"] == f"{expected['min_dcf']:.3f}"
+    assert numbers["size"] == f"{size / 1024:.1f} KB"
+    assert numbers["ratio"] == f"{model_size(model, {}) / size:.1f}x"
+    assert wb.layer_picker.value == layer
+    assert len(wb.histogram.data[1].x) == 4 and wb.histogram.layout.title.text.startswith(layer)
+    assert int(wb.histogram.data[0].y.sum()) == dict(model.named_parameters())[layer].numel()
+    far, frr = wb.live.current.far, wb.live.current.frr
+    assert np.allclose(wb.det.data[1].x, probit(far)) and np.allclose(wb.det.data[1].y, probit(frr))
+
+
+def test_global_slider_presets_and_quantizer_move_the_sliders():
+    model, evalset = tiny_resnet(), tiny_evalset()
+    wb = Workbench(LiveQuantizer(model, evalset))
+    wb.global_slider.value = "3"
+    assert {s.value for s in wb.layer_sliders.values()} == {"3"}
+    assert shown(wb)["eer"] == f"{100 * evalset.score(quantize_model(model, 3))['eer']:.2f}%"
+    wb.preset_buttons[8].click()
+    assert set(wb.live.bits.values()) == {8} and wb.global_slider.value == "8"
+    wb.quantizer.value = "static"
+    assert {s.value for s in wb.layer_sliders.values()} == {"1"}
+    reference = binarize(model, "static", granularity="tensor")
+    assert shown(wb)["size"] == f"{binary_size(reference)['total'] / 1024:.1f} KB"
+    assert len(wb.histogram.data[1].x) == 2
+
+
+def test_mixed_and_pick_presets_and_errors_in_the_message_line():
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    wb.budget.value = 0.01
+    wb.mixed_button.click()
+    assert "below the smallest possible size" in wb.message.value
+    assert set(wb.live.bits.values()) == {None}
+    wb.budget.value = wb.live.size_bytes() / 1024 / 5
+    wb.mixed_button.click()
+    assert wb.live.size_bytes() <= wb.budget.value * 1024
+    assert [wb.layer_sliders[n].value for n in wb.live.layers] == [
+        bits_option(wb.live.bits[n]) for n in wb.live.layers]
+    wb.tolerance.value = 100.0
+    wb.pick_button.click()
+    assert set(wb.live.bits.values()) == {int(wb.pick_bits.value)}
+    assert "kept fp32: none" in wb.message.value
+
+
+def test_memory_panel_bars_are_the_projections():
+    panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
+    panel.eight_bit.value = True
+    panel.optimizer.value = "SGD"
+    standard = project("resnet34", batch_size=8, frames=20, optimizer="sgd", num_classes=10)
+    eight_bit = project("resnet34", batch_size=8, frames=20, optimizer="sgd8bit", num_classes=10)
+    totals = [sum(trace.y[i] for trace in panel.figure.data) for i in range(2)]
+    assert totals[0] == pytest.approx(standard["bytes"].sum() / 2**30)
+    assert totals[1] == pytest.approx(eight_bit["bytes"].sum() / 2**30)
+    assert totals[1] < totals[0]
+    assert f"{totals[1]:.2f} GiB" in panel.numbers.value
