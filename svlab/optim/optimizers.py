@@ -124,10 +124,12 @@ class Optimizer8bit(torch.optim.Optimizer):
         return False
 
     def _update(self, p: torch.Tensor, grad: torch.Tensor, states: dict, group: dict, step: int):
+        """Update ``p`` and the fp32 ``states`` in place (each subclass's rule)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+    def step(self, closure=None):
+        """One step for every parameter with a gradient (``closure`` re-evaluates the loss)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
