@@ -198,14 +198,14 @@ def outlier_lstm(eval_set, root, quick: bool, threads: int) -> dict:
     from svlab.train import train
 
     trained = train(cfg, model=LSTMEncoder(hidden=128), progress=False).model.eval()
-    model = with_outlier_inputs(trained).eval()
-    weight = model.lstm.weight_ih_l0.detach()
+    model = with_outlier_inputs(trained, "lstm.weight_ih_l0").eval()
+    weight = model.model.lstm.weight_ih_l0.detach()
     rows = [{"setting": "fp32", "eer": eval_set.score(model)["eer"], "size_kb": model_size(model)}]
     for label, bits, granularity in [
         ("4-bit per tensor", 4, "tensor"),
         ("4-bit per row", 4, "channel"),
         ("8-bit per tensor", 8, "tensor"),
-        ("4-bit per tensor, input layer 8-bit", {"lstm.weight_ih_l0": 8, "*": 4}, "tensor"),
+        ("4-bit per tensor, input layer 8-bit", {"model.lstm.weight_ih_l0": 8, "*": 4}, "tensor"),
     ]:
         quantized = quantize_model(model, bits, granularity=granularity).eval()
         rows.append(

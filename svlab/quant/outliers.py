@@ -1,10 +1,11 @@
-"""Outlier-heavy layers: a small LSTM speaker encoder whose input weights reach |w| = 60.
+"""Outlier-heavy layers: the same model, with input weights that reach |w| = 60.
 
-Pretrained LSTM speaker encoders (d-vector style) often have a few huge input weights: input
-features with a tiny spread get weights large enough to matter. One per-tensor codebook then
-spends its levels on the outliers and rounds the bulk of the weights coarsely. Here the
-situation is made exactly, without changing what the model computes: some input channels are
-scaled down by a fixed gain and the matching columns of the LSTM input weights scaled up.
+Pretrained speaker encoders often have a few huge input weights (an LSTM d-vector encoder's
+input weights can reach |w| = 60 at a standard deviation of 1.4): input features with a tiny
+spread get weights large enough to matter. One per-tensor codebook then spends its levels on the
+outliers and rounds the bulk of the weights coarsely. :func:`with_outlier_inputs` makes that
+situation exactly, without changing what a trained model computes: a few input channels are
+scaled down by a fixed gain and the matching input columns of the first layer scaled up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from svlab.quant.quantize import clone_model
 
 
 class LSTMEncoder(nn.Module):
-    """fbank ``[B, T, F]`` -> fixed per-channel input gain -> LSTM -> mean over time -> Linear.
+    """A small d-vector style encoder: fbank ``[B, T, F]`` -> LSTM -> mean over time -> Linear.
 
     >>> LSTMEncoder(n_mels=40, hidden=16, embed_dim=8)(torch.randn(2, 30, 40)).shape
     torch.Size([2, 8])
@@ -26,36 +27,62 @@ class LSTMEncoder(nn.Module):
         self, n_mels: int = 80, hidden: int = 128, layers: int = 1, embed_dim: int = 64
     ) -> None:
         super().__init__()
-        self.register_buffer("input_gain", torch.ones(n_mels))
         self.lstm = nn.LSTM(n_mels, hidden, num_layers=layers, batch_first=True)
         self.embedding = nn.Linear(hidden, embed_dim)
         self.embed_dim = embed_dim
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.lstm(feats * self.input_gain)
+        hidden, _ = self.lstm(feats)
         return self.embedding(hidden.mean(dim=1))
 
 
-def with_outlier_inputs(
-    model: LSTMEncoder, max_weight: float = 60.0, channels: int = 2
-) -> LSTMEncoder:
-    """The same function with the first LSTM layer's largest input columns blown up.
+class InputGain(nn.Module):
+    """``model(feats * gain)``: a fixed gain per feature channel (the last input dimension).
 
-    The ``channels`` input channels whose weight columns are largest get their input gain
-    divided by ``s`` and their ``weight_ih_l0`` columns multiplied by ``s``, with ``s`` chosen
-    so the largest weight is ``max_weight``. Outputs are unchanged (up to float rounding).
+    >>> InputGain(nn.Identity(), torch.tensor([1.0, 0.5]))(torch.ones(1, 2)).tolist()
+    [[1.0, 0.5]]
+    """
+
+    def __init__(self, model: nn.Module, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("gain", gain.detach().clone())
+        self.embed_dim = getattr(model, "embed_dim", None)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model(feats * self.gain)
+
+
+def with_outlier_inputs(
+    model: nn.Module, weight: str, max_weight: float = 60.0, channels: int = 2
+) -> InputGain:
+    """The same function, with the input weight ``weight`` given a few huge columns.
+
+    ``weight`` names the first layer's weight, whose dimension 1 is the feature channel
+    (``lstm.weight_ih_l0`` of an LSTM, ``<conv>.weight`` of a Conv1d over fbank channels). The
+    ``channels`` channels with the largest columns get their input divided by ``s`` and their
+    columns multiplied by ``s``, so the largest weight becomes ``max_weight``. Returns an
+    :class:`InputGain` around a copy (weight names gain a ``model.`` prefix); outputs are
+    unchanged up to float rounding.
 
     >>> _ = torch.manual_seed(0); m = LSTMEncoder(n_mels=40, hidden=16, embed_dim=8).eval()
-    >>> x = torch.randn(2, 30, 40); o = with_outlier_inputs(m).eval()
-    >>> round(o.lstm.weight_ih_l0.abs().max().item(), 3), torch.allclose(o(x), m(x), atol=1e-5)
+    >>> x = torch.randn(2, 30, 40); o = with_outlier_inputs(m, "lstm.weight_ih_l0").eval()
+    >>> w = o.model.lstm.weight_ih_l0.detach()
+    >>> round(w.abs().max().item(), 3), torch.allclose(o(x), m(x), atol=1e-5)
     (60.0, True)
     """
     changed = clone_model(model)
+    try:
+        tensor = changed.get_parameter(weight)
+    except AttributeError as err:
+        raise ValueError(f"{type(model).__name__} has no parameter {weight!r}") from err
+    if tensor.dim() < 2:
+        raise ValueError(f"{weight} has shape {tuple(tensor.shape)}: no input-channel dimension")
+    gain = torch.ones(tensor.shape[1], device=tensor.device)
     with torch.no_grad():
-        weight = changed.lstm.weight_ih_l0
-        column_max = weight.abs().amax(dim=0)
+        column_max = tensor.abs().transpose(0, 1).reshape(tensor.shape[1], -1).amax(dim=1)
         chosen = column_max.topk(channels).indices
         scale = max_weight / float(column_max[chosen].max())
-        weight[:, chosen] *= scale
-        changed.input_gain[chosen] /= scale
-    return changed
+        tensor[:, chosen] *= scale
+        gain[chosen] /= scale
+    return InputGain(changed, gain)

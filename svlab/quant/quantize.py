@@ -17,7 +17,8 @@ parametrization, a :class:`CodebookQuantizer`:
   codebook; :meth:`CodebookQuantizer.indices` gives those assignments (what a packed file stores),
   :meth:`CodebookQuantizer.levels` the sorted codebook;
 - gradients pass straight through to the latent weight (STE), and to the codebook entries
-  (summed over the weights assigned to each) when ``codebook.requires_grad`` is true, so
+  (averaged over the weights assigned to each: a sum would move an entry shared by thousands
+  of weights thousands of times further than any weight) when ``codebook.requires_grad``, so
   fine-tuning is ordinary training of the returned model; :func:`requantize` re-fits the
   codebooks to the moved latent weights;
 - :func:`quantizers` lists ``{parameter name: quantizer}``; :func:`dequantize` returns a plain
@@ -121,7 +122,12 @@ class CodebookQuantizer(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         levels = self.levels()
-        quantized = levels.gather(1, self.indices(latent)).reshape(latent.shape)
+        indices = self.indices(latent)
+        if levels.requires_grad:  # each entry's gradient: the mean over its weights, not the sum
+            ones = torch.ones_like(indices, dtype=levels.dtype)
+            counts = torch.zeros_like(levels).scatter_add_(1, indices, ones).clamp(min=1)
+            levels = levels.detach() + (levels - levels.detach()) / counts
+        quantized = levels.gather(1, indices).reshape(latent.shape)
         return _StraightThrough.apply(latent, quantized.to(latent.dtype))
 
     def extra_repr(self) -> str:
