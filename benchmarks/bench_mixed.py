@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="fine-tuning steps (default 60, quick 24)")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--crop-frames", type=int, default=200)
+    parser.add_argument("--crop-frames", type=int, default=100)
     parser.add_argument(
         "--msft-bits", type=int, default=2, help="one-shot / MSFT: mixed at this width's size"
     )
