@@ -14,6 +14,7 @@ from svlab.memory import (
     long_table,
     project,
     projected_state_bytes,
+    saved_by_module,
     stacked_bar,
     unique_bytes,
 )
@@ -45,6 +46,20 @@ def test_recorder_ignores_parameters_and_no_grad():
     with SavedTensorRecorder(exclude=lin.parameters()) as rec, torch.no_grad():
         lin(torch.ones(2, 8))
     assert rec.bytes == 0
+
+
+def test_saved_by_module_splits_the_total():
+    model = small_model("rev_resnet18")
+    fbank = torch.randn(2, 20, 16)
+    parts = saved_by_module(model, fbank, depth=3)
+    with SavedTensorRecorder(exclude=[*model.parameters(), *model.buffers()]) as rec:
+        model(fbank)
+    assert parts.sum() == rec.bytes
+    # a reversible stage saves only its output; its transition only the conv output for BN
+    stage_output = 2 * 8 * 8 * 10 * 4  # batch 2, 8 channels, 16 / 2 bins, 20 / 2 frames
+    assert parts["stages.1.1"] == stage_output
+    assert parts["stages.1.0"] == stage_output + 2 * 8 * 4  # + BatchNorm's mean and inv std
+    assert not any(name.startswith("stages.0.0.") for name in parts.index)
 
 
 def small_model(name="resnet18"):
