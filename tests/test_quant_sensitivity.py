@@ -8,7 +8,12 @@ from torch import nn
 
 from svlab.quant import kmeans_1d, quantize_model
 from svlab.quant.packed import model_size
-from svlab.quant.sensitivity import keep_precise, layer_sensitivity, plot_sensitivity
+from svlab.quant.sensitivity import (
+    embedding_drift,
+    keep_precise,
+    layer_sensitivity,
+    plot_sensitivity,
+)
 
 torch.set_num_threads(1)
 
@@ -70,3 +75,18 @@ def test_metric_key_must_exist_and_plot_marks_kept_layers():
     assert list(table["layer"]) == ["0.weight"]
     fig = plot_sensitivity(table, kept=["0.weight"])
     assert fig.data[0].marker.color[0] == "#d62728"
+
+
+def test_embedding_drift_is_the_mean_cosine_distance():
+    torch.manual_seed(0)
+    net, _ = _setup()
+    x = torch.randn(16, 4, 8)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[0].weight.add_(0.3 * torch.randn_like(other[0].weight))
+    expected = 1 - torch.nn.functional.cosine_similarity(other(x), net(x), dim=-1).mean()
+    drift = embedding_drift(net, x)
+    assert drift(other) == pytest.approx(expected.item(), rel=1e-5)
+    assert drift(net) == pytest.approx(0.0, abs=1e-6)
+    table = layer_sensitivity(net, drift, bits=1, metric="drift")
+    assert (table["delta_drift"] > 0).all()

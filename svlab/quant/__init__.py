@@ -14,7 +14,12 @@ from svlab.quant.quantize import (
     quantizers,
     requantize,
 )
-from svlab.quant.sensitivity import keep_precise, layer_sensitivity, plot_sensitivity
+from svlab.quant.sensitivity import (
+    embedding_drift,
+    keep_precise,
+    layer_sensitivity,
+    plot_sensitivity,
+)
 from svlab.quant.uniform import uniform_levels
 
 __all__ = [
@@ -22,6 +27,7 @@ __all__ = [
     "bit_map",
     "clone_model",
     "dequantize",
+    "embedding_drift",
     "fit_quantizer",
     "keep_precise",
     "kmeans_1d",

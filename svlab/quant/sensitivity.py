@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import pandas as pd
+import torch
 from torch import nn
 
 from svlab.quant.packed import packed_layer_bytes
@@ -19,6 +20,33 @@ def _value(result: float | Mapping[str, float], metric: str) -> float:
             raise ValueError(f"eval_fn returned keys {sorted(result)}, none is {metric!r}")
         return float(result[metric])
     return float(result)
+
+
+def embedding_drift(reference: nn.Module, features: torch.Tensor) -> Callable[[nn.Module], float]:
+    """A fast label-free ``eval_fn``: mean cosine distance of a model's embeddings from
+    ``reference``'s on ``features`` (``[B, T, F]``); 0 for the reference itself.
+
+    Scoring is by cosine, so this is the damage that matters, without a trial list; use it as
+    ``layer_sensitivity(model, embedding_drift(model, x), metric="drift")``.
+
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
+    >>> drift = embedding_drift(net, torch.randn(5, 3, 2))
+    >>> round(drift(net), 6), drift(nn.Sequential(nn.Flatten(), nn.Linear(6, 4))) > 0.1
+    (0.0, True)
+    """
+    was_training = reference.training
+    with torch.no_grad():
+        target = nn.functional.normalize(reference.eval()(features), dim=-1)
+    reference.train(was_training)
+
+    def drift(model: nn.Module) -> float:
+        was_training = model.training
+        with torch.no_grad():
+            embeddings = nn.functional.normalize(model.eval()(features), dim=-1)
+        model.train(was_training)
+        return max(0.0, 1.0 - float((embeddings * target).sum(dim=-1).mean()))
+
+    return drift
 
 
 def layer_sensitivity(
@@ -41,7 +69,6 @@ def layer_sensitivity(
     and ``bytes_fp32`` / ``bytes_quantized`` / ``bytes_saved`` (indices plus codebooks).
     ``table.attrs`` keeps the fp32 ``baseline``, the ``metric`` and the ``bits``.
 
-    >>> import torch
     >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
     >>> x = torch.randn(32, 8); y = net(x).detach()
     >>> mse = lambda m: (m(x) - y).square().mean().item()
