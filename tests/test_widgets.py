@@ -147,11 +147,11 @@ def test_workbench_trials_pairs_kept_utterances_across_sessions(tmp_path):
                                                                    "0 b/t/2.wav b/t/3.wav"]
     (tmp_path / "trials" / "test.txt").write_text("\n".join(lines) + "\n")
     trials = workbench_trials(tmp_path, per_speaker=3)
-    kept = sorted({p for _, a, b in trials for p in (a, b)})
+    kept = sorted({p for t in trials for p in (t.enroll, t.test)})
     assert kept == ["a/s0/1.wav", "a/s1/1.wav", "a/s2/1.wav", "b/t/1.wav", "b/t/2.wav",
                     "b/t/3.wav"]
     assert len(trials) == 15
-    assert all(label == (a[0] == b[0]) for label, a, b in trials)
+    assert all(t.label == (t.enroll[0] == t.test[0]) for t in trials)
 
 
 # ---------------------------------------------------------------- the widgets

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from svlab.evaluate import EvalSet, read_trials
+from svlab.data.voxceleb import Trial, read_trials
+from svlab.evaluate import EvalSet
 from svlab.metrics import det_curve
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
 from svlab.quant.allocate import DEFAULT_CHOICES, allocate_bits
@@ -35,7 +36,7 @@ GRANULARITIES = ("tensor", "channel")
 
 def workbench_trials(
     root: str | Path, per_speaker: int = 4, trials: str = "test.txt"
-) -> list[tuple[int, str, str]]:
+) -> list[Trial]:
     """A small trial list for live scoring: every pair among a few utterances of each speaker.
 
     From the utterances of ``root/trials/<trials>``, each test speaker keeps ``per_speaker``
@@ -47,16 +48,15 @@ def workbench_trials(
     >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "trials").mkdir()
     >>> _ = (root / "trials" / "test.txt").write_text(
     ...     "1 a/s1/1.wav a/s2/1.wav\\n0 a/s1/1.wav b/s1/1.wav\\n1 b/s1/1.wav b/s1/2.wav\\n")
-    >>> workbench_trials(root, per_speaker=2)
+    >>> [(t.label, t.enroll, t.test) for t in workbench_trials(root, per_speaker=2)][:3]
     [(1, 'a/s1/1.wav', 'a/s2/1.wav'), (0, 'a/s1/1.wav', 'b/s1/1.wav'), \
-(0, 'a/s1/1.wav', 'b/s1/2.wav'), (0, 'a/s2/1.wav', 'b/s1/1.wav'), \
-(0, 'a/s2/1.wav', 'b/s1/2.wav'), (1, 'b/s1/1.wav', 'b/s1/2.wav')]
+(0, 'a/s1/1.wav', 'b/s1/2.wav')]
     """
     if per_speaker < 1:
         raise ValueError(f"per_speaker must be at least 1, got {per_speaker}")
     listed = read_trials(Path(root) / "trials" / trials)
     by_speaker: dict[str, dict[str, list[str]]] = {}
-    for path in sorted({p for _, a, b in listed for p in (a, b)}):
+    for path in sorted({p for t in listed for p in (t.enroll, t.test)}):
         speaker, session = path.split("/")[:2]
         by_speaker.setdefault(speaker, {}).setdefault(session, []).append(path)
     kept = []
@@ -67,7 +67,7 @@ def workbench_trials(
     if len(by_speaker) < 2:
         raise ValueError(f"{trials} names fewer than 2 speakers: no non-target trials")
     return [
-        (int(a.split("/")[0] == b.split("/")[0]), a, b)
+        Trial(int(a.split("/")[0] == b.split("/")[0]), a, b)
         for i, a in enumerate(kept)
         for b in kept[i + 1 :]
     ]
