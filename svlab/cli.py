@@ -8,6 +8,7 @@ import sys
 
 COMMAND_MODULES = [
     "svlab.data",
+    "svlab.tour",
     "svlab.train",
 ]
 
