@@ -11,37 +11,11 @@ import torch
 from torch import nn
 
 from svlab.data.audio import load_audio
+from svlab.data.voxceleb import Trial, read_trials, wav_dir
 from svlab.features import fbank
 from svlab.metrics import cosine_scores, eer, min_dcf
 
 _CACHE: dict[tuple, EvalSet] = {}
-
-
-def read_trials(path: str | os.PathLike) -> list[tuple[int, str, str]]:
-    """Parse a VoxCeleb trial list: one ``<1|0> <enroll path> <test path>`` per line.
-
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"
-    >>> _ = p.write_text("1 a/x/1.wav a/y/2.wav\\n0 a/x/1.wav b/z/1.wav\\n")
-    >>> read_trials(p)
-    [(1, 'a/x/1.wav', 'a/y/2.wav'), (0, 'a/x/1.wav', 'b/z/1.wav')]
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no trial list at {path}")
-    trials = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise ValueError(
-                f"{path}, line {number}: expected '<1|0> <enroll> <test>', got {line!r}"
-            )
-        trials.append((int(fields[0]), fields[1], fields[2]))
-    if not trials:
-        raise ValueError(f"{path} holds no trials")
-    return trials
 
 
 @dataclass
@@ -52,6 +26,17 @@ class EvalSet:
     cut to its shortest member (a few percent of the longer utterances' frames are left out),
     so embedding needs no padding and each utterance always gets the same input. ``means``
     holds each utterance's mean fbank vector before mean normalisation, for a baseline.
+
+    >>> from svlab.models import build
+    >>> evalset = EvalSet(keys=["a", "b", "c"], batches=[torch.randn(3, 20, 80)],
+    ...     means=torch.randn(3, 80), pairs=[("a", "b"), ("a", "c")], labels=np.array([1, 0]))
+    >>> result = evalset.score(build("resnet18", base_width=2, embed_dim=4))
+    >>> sorted(result), result["scores"].shape, result["eer"] in (0.0, 0.5, 1.0)
+    (['eer', 'labels', 'min_dcf', 'scores'], (2,), True)
+    >>> len(evalset.embed(build("ecapa_c512", channels=8, scale=4, embed_dim=4)))
+    3
+    >>> evalset.score_mean_fbank()["scores"].shape
+    (2,)
     """
 
     keys: list[str]
@@ -72,29 +57,40 @@ class EvalSet:
 
         ``trials`` may also be a path to a trial list anywhere; audio is read from
         ``root/wav``. ``max_seconds`` keeps only each utterance's first seconds.
+
+        >>> EvalSet.from_corpus("/no/corpus")
+        Traceback (most recent call last):
+        ...
+        svlab.data.voxceleb.CorpusError: list file /no/corpus/trials/test.txt does not exist
         """
         root = Path(root)
         trial_path = Path(trials) if Path(trials).is_file() else root / "trials" / trials
         key = (str(root.resolve()), str(trial_path.resolve()), batch_size, max_seconds)
         if key not in _CACHE:
             _CACHE[key] = cls.from_trials(
-                read_trials(trial_path), root / "wav", batch_size, max_seconds
+                read_trials(trial_path), wav_dir(root), batch_size, max_seconds
             )
         return _CACHE[key]
 
     @classmethod
     def from_trials(
         cls,
-        trials: list[tuple[int, str, str]],
-        wav_dir: str | os.PathLike,
+        trials: list[Trial],
+        audio_dir: str | os.PathLike,
         batch_size: int = 32,
         max_seconds: float | None = None,
     ) -> EvalSet:
-        """Build from parsed trials, reading each utterance once from ``wav_dir``."""
-        keys = sorted({path for _, a, b in trials for path in (a, b)})
+        """Build from parsed trials, reading each utterance once from ``audio_dir``.
+
+        >>> EvalSet.from_trials([Trial(1, "a.wav", "b.wav")], "/no/audio")
+        Traceback (most recent call last):
+        ...
+        svlab.data.audio.AudioError: audio file /no/audio/a.wav does not exist
+        """
+        keys = sorted({path for t in trials for path in (t.enroll, t.test)})
         feats, means = [], []
         for key in keys:
-            wave = load_audio(Path(wav_dir) / key)
+            wave = load_audio(Path(audio_dir) / key)
             if max_seconds is not None:
                 wave = wave[: int(max_seconds * 16000)]
             raw = fbank(wave, cmn=False)[0]
@@ -110,8 +106,8 @@ class EvalSet:
             keys=[keys[i] for i in order],
             batches=batches,
             means=torch.stack([means[i] for i in order]),
-            pairs=[(a, b) for _, a, b in trials],
-            labels=np.array([label for label, _, _ in trials]),
+            pairs=[(t.enroll, t.test) for t in trials],
+            labels=np.array([t.label for t in trials]),
         )
 
     @torch.no_grad()

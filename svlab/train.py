@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from svlab import checkpoint
-from svlab.data.audio import load_audio
+from svlab.data import load_audio, read_train_list, wav_dir
 from svlab.evaluate import EvalSet
 from svlab.features import fbank
 from svlab.losses import AAMSoftmax, margin_ramp
@@ -233,28 +233,21 @@ class SpeakerCrops:
         >>> SpeakerCrops.from_corpus("/no/corpus", crop_frames=200)
         Traceback (most recent call last):
         ...
-        FileNotFoundError: no training list at /no/corpus/train.txt
+        svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
         """
         root = Path(root)
         listing = root / "train.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(f"no training list at {listing}")
-        rows = []
-        for number, line in enumerate(listing.read_text().splitlines(), start=1):
-            fields = line.split()
-            if fields and len(fields) != 2:
-                raise ValueError(f"{listing}, line {number}: expected '<speaker> <path>'")
-            if fields:
-                rows.append(fields)
-        speakers = {spk: i for i, spk in enumerate(sorted({spk for spk, _ in rows}))}
-        paths = [root / "wav" / path for _, path in rows]
+        utterances = read_train_list(listing)
+        speakers = {spk: i for i, spk in enumerate(sorted({u.speaker for u in utterances}))}
+        paths = [wav_dir(root) / u.path for u in utterances]
+        labels = [speakers[u.speaker] for u in utterances]
         features = None
         if precompute:
             key = (str(listing.resolve()), listing.stat().st_mtime_ns)
             if key not in _FEATURE_CACHE:
                 _FEATURE_CACHE[key] = [fbank(load_audio(p), cmn=False)[0].half() for p in paths]
             features = _FEATURE_CACHE[key]
-        return cls(paths, [speakers[spk] for spk, _ in rows], crop_frames, seed, features, dither)
+        return cls(paths, labels, crop_frames, seed, features, dither)
 
     @property
     def n_speakers(self) -> int:

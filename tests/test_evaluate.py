@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from svlab.data.synth import synthesize_corpus
-from svlab.evaluate import EvalSet, read_trials
+from svlab.data.voxceleb import read_trials
+from svlab.evaluate import EvalSet
 from svlab.features import fbank
 from svlab.models import build
 
@@ -26,24 +27,17 @@ def corpus(tmp_path_factory):
     )
 
 
-def test_read_trials_names_the_bad_line(tmp_path):
-    path = tmp_path / "t.txt"
-    path.write_text("1 a.wav b.wav\n\n2 a.wav c.wav\n")
-    with pytest.raises(ValueError, match=r"t.txt, line 3"):
-        read_trials(path)
-    with pytest.raises(FileNotFoundError):
-        read_trials(tmp_path / "none.txt")
-    path.write_text("\n")
-    with pytest.raises(ValueError, match="no trials"):
-        read_trials(path)
+def test_missing_trial_list_is_named(corpus):
+    with pytest.raises(ValueError, match="nope.txt"):
+        EvalSet.from_corpus(corpus, trials="nope.txt")
 
 
 def test_features_cover_every_trial_utterance_and_are_cached(corpus):
     evalset = EvalSet.from_corpus(corpus, batch_size=4)
     trials = read_trials(corpus / "trials" / "test.txt")
-    assert set(evalset.keys) == {p for _, a, b in trials for p in (a, b)}
+    assert set(evalset.keys) == {p for t in trials for p in (t.enroll, t.test)}
     assert sum(b.shape[0] for b in evalset.batches) == len(evalset.keys)
-    assert evalset.labels.tolist() == [t[0] for t in trials]
+    assert evalset.labels.tolist() == [t.label for t in trials]
     assert EvalSet.from_corpus(corpus, batch_size=4) is evalset
     assert EvalSet.from_corpus(corpus, batch_size=3) is not evalset
 
