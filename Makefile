@@ -26,6 +26,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check svlab tests benchmarks scripts
 
 test: $(INSTALLED) $(CORPUS) lint
+	if [ "$$CI" = "true" ]; then bash scripts/install_browser.sh; fi
 	$(BIN)/pytest --nbval-lax --nbval-current-env tests svlab notebooks
 
 checkpoints: $(INSTALLED) $(CORPUS)
