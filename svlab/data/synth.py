@@ -17,6 +17,7 @@ and resynthesised by overlap-add.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import string
@@ -82,8 +83,9 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 def draw_speaker(rng: np.random.Generator) -> dict:
     """Draw one speaker's physiology from the population.
 
-    >>> sorted(draw_speaker(np.random.default_rng(0)))[:4]
-    ['breathiness', 'f0', 'f0_range', 'gender']
+    >>> speaker = draw_speaker(np.random.default_rng(0))
+    >>> speaker["gender"], 60 < speaker["f0"] < 400, 0.8 < speaker["vtl"] < 1.5
+    ('m', True, True)
     """
     female = bool(rng.random() < 0.5)
     return {
@@ -94,11 +96,13 @@ def draw_speaker(rng: np.random.Generator) -> dict:
         "vowel_shift": (0.07 * rng.standard_normal((len(PHONES), 3))).round(4).tolist(),
         "high_formants": [float(rng.uniform(3300, 3900)), float(rng.uniform(4300, 5200))],
         "bandwidth": float(np.exp(0.25 * rng.standard_normal())),
-        "tilt": float(rng.uniform(-15, -8)),
+        "tilt": float(rng.uniform(-6, 0)),
         "breathiness": float(np.exp(rng.uniform(np.log(0.02), np.log(0.3)))),
         "jitter": float(rng.uniform(0.003, 0.02)),
         "shimmer": float(rng.uniform(0.02, 0.10)),
         "rate": float(np.exp(0.12 * rng.standard_normal())),
+        "timbre_db": (3.0 * rng.standard_normal(4)).round(3).tolist(),
+        "timbre_phase": rng.uniform(0, 2 * np.pi, 4).round(4).tolist(),
     }
 
 
@@ -112,15 +116,15 @@ def draw_session(rng: np.random.Generator, difficulty: float) -> dict:
     has_reverb = bool(rng.random() < min(1.0, 0.6 * d))
     return {
         "f0_shift": float(0.8 * d * rng.standard_normal()),
-        "tilt_shift": float(1.5 * d * rng.standard_normal()),
+        "tilt_shift": float(0.7 * d * rng.standard_normal()),
         "rate_shift": float(np.exp(0.06 * d * rng.standard_normal())),
-        "highpass": float(rng.uniform(50, 80 + 220 * d)),
-        "lowpass": float(rng.uniform(8000 - 4000 * min(d, 1.0), 8000)),
-        "eq_db": (4.0 * d * rng.standard_normal(4)).round(3).tolist(),
+        "highpass": float(rng.uniform(50, 80 + 120 * d)),
+        "lowpass": float(rng.uniform(8000 - 2500 * min(d, 1.0), 8000)),
+        "eq_db": (2.0 * d * rng.standard_normal(4)).round(3).tolist(),
         "eq_phase": rng.uniform(0, 2 * np.pi, 4).round(4).tolist(),
         "rt60": float(rng.uniform(0.15, 0.2 + 0.5 * d)) if has_reverb else 0.0,
-        "snr_db": float(rng.uniform(35 - 25 * d, 40 - 15 * d)),
-        "noise_tilt": float(rng.uniform(-6, 2)),
+        "snr_db": float(rng.uniform(35 - 20 * d, 40 - 10 * d)),
+        "noise_tilt": float(rng.uniform(-6, -1)),
         "hum": float(rng.random() < 0.2 * d),
     }
 
@@ -188,6 +192,16 @@ def _formant_envelope(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarra
     return gain
 
 
+def _smooth_curve(freqs: np.ndarray, amplitudes_db: list, phases: list) -> np.ndarray:
+    """A smooth random gain curve: a few cosines in dB along a log-frequency axis (50-8000 Hz)."""
+    u = np.clip(np.log(np.maximum(freqs, 50) / 50) / np.log(8000 / 50), 0, 1)
+    gain_db = sum(
+        a * np.cos((k + 1) * np.pi * u + phase)
+        for k, (a, phase) in enumerate(zip(amplitudes_db, phases, strict=True))
+    )
+    return (10 ** (gain_db / 20)).astype(np.float32)
+
+
 def _speech(
     rng: np.random.Generator, speaker: dict, session: dict, seconds: float, difficulty: float
 ) -> np.ndarray:
@@ -240,6 +254,7 @@ def _speech(
 
     tilt_db = speaker["tilt"] + session["tilt_shift"]
     tilt = 10 ** (tilt_db / 20 * np.log2(np.maximum(FREQS, 50) / 500)).astype(np.float32)
+    timbre = _smooth_curve(FREQS, speaker["timbre_db"], speaker["timbre_phase"])
     pad = np.zeros(N_FFT // 2, dtype=np.float32)
     voiced = _stft(np.concatenate([pad, source[:n], pad]))[:n_frames]
     unvoiced = _complex_noise(rng, (n_frames, FREQS.size)) * NOISE_STFT_SCALE
@@ -248,7 +263,7 @@ def _speech(
     shaped_voiced = envelope * tilt
     shaped_voiced /= np.sqrt(np.mean(shaped_voiced**2, axis=1, keepdims=True))
     envelope /= np.sqrt(np.mean(envelope**2, axis=1, keepdims=True))
-    spectrum = voiced * shaped_voiced * gain_voiced + unvoiced * envelope * gain_noise
+    spectrum = (voiced * shaped_voiced * gain_voiced + unvoiced * envelope * gain_noise) * timbre
     return _istft(spectrum, n)
 
 
@@ -277,13 +292,8 @@ def _channel(rng: np.random.Generator, speech: np.ndarray, session: dict) -> np.
             noise[int(round(k * hum_f0 * size / SAMPLE_RATE))] += 30 * np.sqrt(size) / k
     noise_scale = np.sqrt(np.sum(np.abs(spectrum) ** 2) / np.sum(np.abs(noise) ** 2))
     spectrum += noise * noise_scale * 10 ** (-session["snr_db"] / 20)
-    u = np.clip(np.log(f / 50) / np.log(8000 / 50), 0, 1)
-    eq_db = sum(
-        a * np.cos((k + 1) * np.pi * u + phase)
-        for k, (a, phase) in enumerate(zip(session["eq_db"], session["eq_phase"], strict=True))
-    )
     spectrum *= (
-        10 ** (eq_db / 20)
+        _smooth_curve(freqs, session["eq_db"], session["eq_phase"])
         / np.sqrt(1 + (session["highpass"] / f) ** 4)
         / np.sqrt(1 + (f / session["lowpass"]) ** 8)
     )
@@ -348,7 +358,7 @@ def make_trials(
     >>> utts = [(s, v, f"{s}/{v}/{u}.wav") for s in "ab" for v in "xy" for u in "12"]
     >>> trials = make_trials(utts, 2, seed=0)
     >>> len(trials), sum(label for label, _, _ in trials)
-    (16, 8)
+    (12, 6)
     """
     rng = _rng(seed, 2)
     by_speaker: dict[str, list] = {}
@@ -376,13 +386,13 @@ def synthesize_corpus(
     n_train_speakers: int = 60,
     n_test_speakers: int = 30,
     sessions_per_speaker: int = 4,
-    utterances_per_session: int = 6,
+    utterances_per_session: int = 4,
     train_seconds: tuple[float, float] = (2.0, 4.0),
     test_seconds: tuple[float, float] = (2.0, 6.0),
     trials_per_utterance: int = 6,
     difficulty: float = 1.0,
     seed: int = 0,
-    workers: int = 1,
+    workers: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic corpus in the VoxCeleb layout under ``root`` and return ``root``.
@@ -392,8 +402,9 @@ def synthesize_corpus(
     every train utterance; ``trials/test.txt`` lists ``<1|0> <enrol path> <test path>`` over the
     test speakers (paths relative to ``wav/``, as in VoxCeleb's ``veri_test2.txt``);
     ``meta.json`` records every setting, the seed, the version and each speaker's physiology.
-    The same arguments give byte-identical files, whatever ``workers`` is. The corpus is made in
-    a temporary directory beside ``root`` and renamed into place at the end.
+    The same arguments give byte-identical files, whatever ``workers`` (processes; default up to
+    2) is. The corpus is made in a temporary directory beside ``root`` and renamed into place at
+    the end; ``overwrite`` replaces an existing corpus.
 
     >>> import tempfile, pathlib
     >>> root = synthesize_corpus(pathlib.Path(tempfile.mkdtemp()) / "c", n_train_speakers=2,
@@ -436,10 +447,11 @@ def synthesize_corpus(
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         jobs = [(work / "wav", spk, key, physiology[spk], settings) for spk, key in speakers]
+        workers = min(2, os.cpu_count() or 1) if workers is None else workers
         if workers > 1:
-            import multiprocessing
-
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            with context.Pool(workers) as pool:
                 per_speaker = pool.map(_make_speaker, jobs, chunksize=1)
         else:
             per_speaker = [_make_speaker(job) for job in jobs]
