@@ -58,7 +58,7 @@ def get_profile(name: str | None = None) -> Profile:
         "laptop": Profile(
             "laptop",
             _data_root("corpus-laptop"),
-            synth={"n_train_speakers": 200, "n_test_speakers": 40, "utterances_per_session": 8},
+            synth={"n_train_speakers": 200, "n_test_speakers": 40, "utterances_per_session": 5},
         ),
         "gpu": Profile("gpu", _data_root("voxceleb"), synth=None),
     }
