@@ -21,6 +21,7 @@ from svlab.memory import (
     breakdown,
     fits,
     project,
+    saved_by_module,
 )
 from svlab.profiles import seed_everything
 from svlab.reversible import set_memory_saving
@@ -63,6 +64,35 @@ def activations_by_depth(twins, measure_batch: int) -> list[dict]:
         row["reversible_over_vanilla"] = (
             row["reversible_projected_GiB"] / row["vanilla_projected_GiB"]
         )
+        rows.append(row)
+    return rows
+
+
+def part_of(name: str, has_first_transition: bool) -> str:
+    """The kind of layer a submodule name (depth 3) of an FbankResNet belongs to."""
+    if name.startswith("stem"):
+        return "stem"
+    if name.startswith("stages."):
+        first = name.endswith(".0") and (has_first_transition or name != "stages.0.0")
+        return "transitions" if first else "coupling outputs"
+    return "pooling + embedding"
+
+
+def what_reversible_models_save(twins) -> list[dict]:
+    """Projected activations of each reversible model at the paper's setting, by kind of
+    layer: the stem, the ordinary stage transitions, the coupling chains (output only)."""
+    rows = []
+    for _, reversible, _ in twins:
+        with torch.device("meta"):
+            model = svlab.models.build(reversible)
+            fbank = torch.empty(PAPER["batch_size"], PAPER["frames"], PAPER["feat_dim"])
+        parts = saved_by_module(model, fbank, depth=3)
+        first_transition = len(model.stages[0]) == 2
+        labels = [part_of(name, first_transition) for name in parts.index]
+        kinds = parts.groupby(labels).sum()
+        row = {"model": reversible, "total_GiB": parts.sum() / GiB}
+        row.update({f"{kind}_GiB": value / GiB for kind, value in kinds.items()})
+        row["transitions_share"] = kinds.get("transitions", 0) / parts.sum()
         rows.append(row)
     return rows
 
@@ -210,6 +240,8 @@ def main() -> None:
         "Activation memory per step at batch 128, 200 x 80, fp32 (GiB)",
         results["activations_by_depth"],
     )
+    results["reversible_parts"] = what_reversible_models_save(twins)
+    show("What the reversible models still save (projected, GiB)", results["reversible_parts"])
     results["total_memory"] = total_memory(twins)
     show(
         "Total training memory, projected (vanilla fp32 states vs reversible 8-bit)",

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import svlab.checkpoint
 import svlab.models
 from svlab.memory import SavedTensorRecorder
 from svlab.reversible import (
@@ -206,3 +207,31 @@ def test_reversible_model_caches_far_less_than_vanilla():
     reversible = saved_bytes(svlab.models.build("rev_resnet34", **small), fbank)
     assert reversible < vanilla / 4
     assert isinstance(svlab.models.build("rev_resnet18"), RevResNet)
+
+
+def test_svlab_train_trains_a_reversible_model(tmp_path):
+    from svlab.cli import main
+    from svlab.data.synth import synthesize_corpus
+
+    corpus = synthesize_corpus(
+        tmp_path / "corpus",
+        n_train_speakers=4,
+        n_test_speakers=2,
+        sessions_per_speaker=2,
+        utterances_per_session=2,
+        train_seconds=(0.4, 0.6),
+        test_seconds=(0.4, 0.6),
+        trials_per_utterance=2,
+    )
+    recipe = tmp_path / "rev.toml"
+    recipe.write_text(
+        'model = "rev_resnet18"\n'
+        f'data_root = "{corpus}"\n'
+        f'out_dir = "{tmp_path / "run"}"\n'
+        "crop_frames = 20\nbatch_size = 4\nepochs = 2\nlr = 0.05\neval_every = 2\n"
+        "[model_args]\nbase_width = 2\ndepths = [1, 1, 1, 1]\nembed_dim = 8\n"
+    )
+    assert main(["train", "--config", str(recipe), "--quiet"]) == 0
+    model = svlab.checkpoint.load_model(tmp_path / "run" / "model.pt")
+    assert isinstance(model, RevResNet)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
