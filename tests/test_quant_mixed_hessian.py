@@ -166,3 +166,29 @@ def test_measured_sensitivity_quantizes_one_layer_at_a_time():
         for name in ("0.weight", "2.weight"):
             alone = quantize_model(net, {name: bits})
             assert table[name][bits] == pytest.approx(drift(alone) - drift(net))
+
+
+def test_blockwise_is_exact_for_diagonal_blocks_despite_coupling():
+    """Diagonal blocks + strong coupling: blockwise samples are exact, joint ones are not."""
+    d1, d2 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])
+    w1 = torch.randn(3, requires_grad=True)
+    w2 = torch.randn(2, requires_grad=True)
+
+    def loss():
+        return (d1 * w1**2).sum() / 2 + (d2 * w2**2).sum() / 2 + 10 * w1.sum() * w2.sum()
+
+    params = {"w1": w1, "w2": w2}
+    assert hutchinson_trace(loss, params, n_samples=3) == {"w1": 6.0, "w2": 9.0}
+    joint = hutchinson_trace(loss, params, n_samples=3, blockwise=False)
+    assert joint != {"w1": 6.0, "w2": 9.0}
+
+
+def test_blockwise_gauss_newton_samples_are_never_negative():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 4, 3), nn.Flatten(), nn.Linear(8, 3)
+    )
+    loss = embedding_distortion_loss(net, torch.randn(4, 2, 6))
+    params = {"a": net[0].weight, "b": net[2].weight, "c": net[4].weight}
+    for seed in range(5):
+        assert all(t >= 0 for t in hutchinson_trace(loss, params, 1, seed).values())

@@ -5,8 +5,11 @@ trained minimum, ``dW^T H dW / 2``. HAWQ-v2 replaces the layer's Hessian block `
 average eigenvalue ``tr(H) / n`` so that quantizing the layer to ``b`` bits costs about
 ``tr(H) / n * ||Q_b(W) - W||^2``. The trace comes from Hutchinson's estimator,
 ``tr(H) = E[v^T H v]`` over Rademacher vectors ``v``, each term one Hessian-vector product.
-One product over the whole model gives every layer's estimate at once: the off-diagonal blocks
-average out because the layers' vectors are independent.
+Each layer gets its own products (``v`` nonzero on that layer only), so an estimate sees only
+its layer's diagonal block: for a positive semi-definite Hessian every sample is >= 0. One
+product over the whole model would give every layer's estimate at once (``blockwise=False``),
+but the cross-layer blocks, zero on average, add so much variance that with a few samples a
+layer's estimate can come out negative (as seen on the tutorial ResNet).
 
 The default sensitivity for :func:`svlab.quant.allocate_bits` is this Hessian estimate
 (:func:`model_hessian_sensitivity`): arXiv:2406.05359 guides its mixed precision by the Hessian;
@@ -35,11 +38,14 @@ def hutchinson_trace(
     params: Mapping[str, Tensor],
     n_samples: int = 32,
     seed: int = 0,
+    blockwise: bool = True,
 ) -> dict[str, float]:
     """Estimate the trace of each parameter's diagonal Hessian block of ``loss_fn()``.
 
     ``loss_fn`` is a closure returning a scalar loss computed from ``params``; ``n_samples``
-    Rademacher vectors are drawn (from a generator seeded with ``seed``). For a quadratic
+    Rademacher vectors are drawn (from a generator seeded with ``seed``). ``blockwise``: one
+    Hessian-vector product per parameter and sample (``v_l^T H_ll v_l``, no cross-layer
+    variance), or one per sample over all parameters (cheaper, noisier). For a quadratic
     ``sum(d * w**2) / 2`` the Hessian is ``diag(d)`` and every sample is exact:
 
     >>> w = torch.ones(3, requires_grad=True)
@@ -69,9 +75,18 @@ def hutchinson_trace(
             (torch.randint(0, 2, t.shape, generator=generator) * 2 - 1).to(t.device, t.dtype)
             for t in tensors
         ]
-        hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=True)
+        if blockwise:
+            hvs = [
+                torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True, allow_unused=True)[0]
+                for g, t, v in zip(grads, tensors, vs, strict=True)
+            ]
+        else:
+            hvs = torch.autograd.grad(
+                grads, tensors, grad_outputs=vs, retain_graph=True, allow_unused=True
+            )
         for i, (v, hv) in enumerate(zip(vs, hvs, strict=True)):
-            totals[i] += (v * hv).sum().double().cpu()
+            if hv is not None:  # None: the gradient does not depend on the layer (zero block)
+                totals[i] += (v * hv).sum().double().cpu()
     return {name: float(t / n_samples) for name, t in zip(names, totals, strict=True)}
 
 
