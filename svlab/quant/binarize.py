@@ -15,7 +15,9 @@ plain binarization by a wide margin; the formulas below are svlab's reading of t
 ``sign`` here maps 0 to +1, so every weight is one of two values. Gradients use the
 straight-through estimator of the clipped identity: ``d sign(u) / du = 1`` where ``|u| <= 1``,
 0 elsewhere. For the adaptive scheme ``u = (w - t) / a``, so the same rule gives ``a`` and ``t``
-their gradients (as in learned-step-size quantization).
+their gradients; as in learned-step-size quantization (Esser et al. 2020) those gradients,
+sums over a whole group of weights, are scaled by ``1 / sqrt(weights per group)`` so that ``a``
+and ``t`` move at the pace of the latent weights under one learning rate.
 
 Storage is one bit per weight plus, per group, one fp32 scale (none for ``"sign"``); the
 threshold is needed only to decide the bits, so it is not stored. :func:`save_binary` writes
@@ -67,6 +69,11 @@ def sign_ste(u: Tensor) -> Tensor:
     [0.0, 1.0, 1.0, 1.0, 0.0]
     """
     return _SignSTE.apply(u)
+
+
+def _scaled_grad(x: Tensor, factor: float) -> Tensor:
+    """``x`` in the forward pass, ``factor`` times its gradient in the backward pass."""
+    return (x - x * factor).detach() + x * factor
 
 
 class Binarizer(nn.Module):
@@ -122,7 +129,10 @@ class Binarizer(nn.Module):
         elif self.scheme == "static":
             binary = self.scale * sign_ste(rows)
         else:
-            binary = self.scale * sign_ste((rows - self.threshold) / self.scale)
+            factor = rows.shape[1] ** -0.5
+            scale = _scaled_grad(self.scale, factor)
+            threshold = _scaled_grad(self.threshold, factor)
+            binary = scale * sign_ste((rows - threshold) / scale)
         return binary.reshape(latent.shape)
 
     def storage_bits(self, numel: int) -> int:
