@@ -250,13 +250,13 @@ def breakdown(
     tensors = _trainable(model, optimizer, loss_fn)
     params = [t for t in tensors if isinstance(t, nn.Parameter)]
     saved = _snapshot(model, optimizer, loss_fn, params) if restore else None
+    for p in params:
+        p.grad = None
     cuda = features.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(features.device)
         torch.cuda.reset_peak_memory_stats(features.device)
         before = torch.cuda.memory_allocated(features.device)
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
     with SavedTensorRecorder(exclude=tensors) as recorder:
         loss = loss_fn(model(features), labels)
     if cuda:
@@ -285,11 +285,23 @@ def breakdown(
     return frame
 
 
+def _on_cpu(value):
+    """A copy of ``value`` (tensors in nested dicts and lists) in CPU memory, so that the
+    snapshot does not count in a GPU's peak."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return copy.deepcopy(value)
+
+
 def _snapshot(model, optimizer, loss_fn, params):
     modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
     return (
-        [copy.deepcopy(m.state_dict()) for m in modules],
-        None if optimizer is None else copy.deepcopy(optimizer.state_dict()),
+        [_on_cpu(m.state_dict()) for m in modules],
+        None if optimizer is None else _on_cpu(optimizer.state_dict()),
         [p.grad for p in params],
     )
 

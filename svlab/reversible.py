@@ -245,8 +245,8 @@ class ReversibleSequence(nn.Module):
     only. So activation memory does not grow with the number of couplings, at the cost of
     one more forward pass of F and G. BatchNorm running statistics are restored after the
     recomputation, the RNG state (for dropout) is replayed and autocast (mixed precision) is
-    re-entered as it was in forward. ``memory_saving=False`` runs
-    the same couplings as ordinary modules (autograd caches everything), for comparison.
+    re-entered as it was in forward. ``memory_saving=False`` runs the same couplings as
+    ordinary modules (autograd caches everything), for comparison.
 
     >>> _ = torch.manual_seed(0); seq = ReversibleSequence([basic_coupling(4), basic_coupling(4)])
     >>> x = torch.randn(2, 4, 5, 5, requires_grad=True)

@@ -174,3 +174,23 @@ def test_fits_and_plots():
     assert fig.layout.shapes[0].y0 == pytest.approx(11.0)
     total = sum(trace.y[1] for trace in fig.data)
     assert total == pytest.approx(huge["bytes"].sum() / 2**30)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adam8bit"])
+def test_breakdown_restores_an_optimizer_that_has_state(optimizer):
+    model = small_model()
+    opt = make_optimizer(model.parameters(), optimizer, lr=0.01)
+    fbank = torch.randn(2, 20, 16)
+    model(fbank).square().mean().backward()
+    opt.step()
+    grads = [p.grad.clone() for p in model.parameters()]
+    before = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+              for s in opt.state_dict()["state"].values()]
+    table = breakdown(model, opt, fbank)
+    after = list(opt.state_dict()["state"].values())
+    for old, new in zip(before, after, strict=True):
+        for key, value in old.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(new[key])), key
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert torch.equal(p.grad, g)
+    assert table.loc["optimizer states", "bytes"] == state_bytes(opt)
