@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "svlab.data",
     "svlab.tour",
     "svlab.train",
+    "svlab.memory",
 ]
 
 

@@ -440,3 +440,44 @@ def sweep(
     2.0
     """
     return {name: project(**{**common, **kwargs}) for name, kwargs in settings.items()}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _run(args) -> int:
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    table = project(
+        args.model,
+        batch_size=args.batch_size,
+        frames=args.frames,
+        optimizer=args.optimizer,
+        dtype=dtype[args.dtype],
+        num_classes=args.num_classes,
+    )
+    table["GiB"] = table["bytes"] / 2**30
+    print(f"{args.model}, batch {args.batch_size} x {args.frames} frames, {args.optimizer}, "
+          f"{args.dtype} (projected, one training step)")
+    print(table[["MiB", "GiB"]].round(3).to_string())
+    total = table["bytes"].sum() / 2**30
+    print(f"total {total:.2f} GiB; fits on an 11 GiB 2080Ti: {fits(table)}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``svlab memory``: the projected memory of one training step.
+
+    >>> import argparse; parser = argparse.ArgumentParser(); register_cli(parser.add_subparsers())
+    >>> parser.parse_args(["memory", "--model", "rev_resnet34"]).batch_size
+    128
+    """
+    parser = subparsers.add_parser(
+        "memory", help="project the memory of a training step (does it fit on a 2080Ti?)"
+    )
+    parser.add_argument("--model", default="resnet34", help="a registered model name")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--optimizer", default="sgd", choices=sorted(STATE_LAYOUT))
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--num-classes", type=int, default=5994, help="training speakers")
+    parser.set_defaults(func=_run)

@@ -194,3 +194,14 @@ def test_breakdown_restores_an_optimizer_that_has_state(optimizer):
     for p, g in zip(model.parameters(), grads, strict=True):
         assert torch.equal(p.grad, g)
     assert table.loc["optimizer states", "bytes"] == state_bytes(opt)
+
+
+def test_svlab_memory_command(capsys):
+    from svlab.cli import main
+
+    assert main(["memory", "--model", "rev_resnet34", "--optimizer", "adam8bit"]) == 0
+    out = capsys.readouterr().out
+    assert "rev_resnet34, batch 128 x 200 frames, adam8bit" in out
+    assert "fits on an 11 GiB 2080Ti: True" in out
+    assert main(["memory", "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
