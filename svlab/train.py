@@ -510,10 +510,20 @@ def train(
     ``checkpoint.pt`` and ends with exactly the weights of an uninterrupted run. Under
     ``torchrun`` each process trains on its share of every global batch (DDP).
 
-    >>> import tempfile
+    >>> import tempfile, pathlib
+    >>> from svlab.data import synthesize_corpus
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> root = synthesize_corpus(tmp / "c", n_train_speakers=2, n_test_speakers=2,
+    ...     sessions_per_speaker=2, utterances_per_session=1, train_seconds=(0.5, 0.5),
+    ...     test_seconds=(0.5, 0.5), workers=1)
     >>> cfg = TrainConfig(model="resnet18", model_args={"base_width": 2, "embed_dim": 8},
-    ...     epochs=1, batch_size=8, crop_frames=20, eval_every=0, out_dir=tempfile.mkdtemp())
-    >>> # train(cfg).history  -> a DataFrame (see tests/test_train.py; needs a corpus)
+    ...     data_root=str(root), epochs=2, batch_size=2, crop_frames=20, log_every=1,
+    ...     out_dir=str(tmp / "run"))
+    >>> result = train(cfg, progress=False)
+    >>> result.history["step"].max(), list(result.evaluations.columns)
+    (np.int64(4), ['step', 'epoch', 'eer', 'min_dcf'])
+    >>> sorted(p.name for p in result.run_dir.iterdir())
+    ['checkpoint.pt', 'history.csv', 'model.pt', 'summary.json']
     """
     rank, world, local_rank = _setup_distributed()
     if cfg.threads:
