@@ -1,0 +1,145 @@
+"""Tests for svlab.course: nbgrader assignments, the book and the Voila app, on the notebooks."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+import nbformat
+import pytest
+
+from svlab import course
+
+NOTEBOOKS = course.notebook_paths()
+GRADED = [p for p in NOTEBOOKS if course.graded_cells(nbformat.read(p, 4))]
+PAGE_FETCH_S = 300  # Voila runs the whole notebook before it answers; 2 minutes on 2 free cores
+
+
+def _cells_by_grade_id(nb) -> dict:
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
+
+
+def test_every_notebook_has_goals_and_graded_exercises():
+    missing = [p.name for p in NOTEBOOKS if p not in GRADED]
+    assert not missing, f"notebooks without graded exercises: {missing}"
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, 4)
+        start = course.exercises_start(nb)
+        assert start > 1, f"{path.name}: the exercises must come after the lesson"
+        goals = [c for c in nb.cells[:3] if "Learning goals" in c.source]
+        assert goals, f"{path.name}: no learning goals at the top"
+        for word in ("Prerequisites", "`ci`", "`gpu`"):
+            assert word in goals[0].source, f"{path.name}: the goals cell does not name {word}"
+
+
+@pytest.fixture(scope="module")
+def assignments(tmp_path_factory):
+    if not GRADED:
+        pytest.fail("no notebook has graded exercises (nbgrader metadata)")
+    course_dir = tmp_path_factory.mktemp("course")
+    return course_dir, course.generate_assignments(GRADED, course_dir)
+
+
+def test_student_versions_have_no_solutions(assignments):
+    _, released = assignments
+    assert [p.stem for p in released] == [p.stem for p in GRADED]
+    for source_path, student_path in zip(GRADED, released, strict=True):
+        source, student = nbformat.read(source_path, 4), nbformat.read(student_path, 4)
+        text = "\n".join(c.source for c in student.cells)
+        assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, student_path
+        source_cells, student_cells = _cells_by_grade_id(source), _cells_by_grade_id(student)
+        assert source_cells.keys() == student_cells.keys(), student_path
+        for grade_id, cell in source_cells.items():
+            meta, released_cell = cell.metadata["nbgrader"], student_cells[grade_id]
+            if meta.get("solution") and cell.cell_type == "code":
+                assert "raise NotImplementedError()" in released_cell.source, grade_id
+                answer = re.search(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", cell.source,
+                                   re.S).group(1)
+                for line in filter(str.strip, answer.splitlines()):
+                    assert line not in released_cell.source, f"{grade_id} gives away {line!r}"
+            elif meta.get("grade"):
+                assert released_cell.source == cell.source, f"{grade_id}: checks differ"
+        assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
+
+
+def test_autograde_of_the_sources_gives_full_marks(assignments):
+    course_dir, _ = assignments
+    scores = course.autograde(GRADED, course_dir, "instructor")
+    for path in GRADED:
+        points = sum(course.graded_cells(nbformat.read(path, 4)).values())
+        assert scores[path.stem] == (points, points), f"{path.name}: {scores[path.stem]}"
+        graded = nbformat.read(course_dir / "autograded" / "instructor" / path.stem / path.name, 4)
+        start = course.exercises_start(graded)
+        lesson = [c for c in graded.cells[:start] if c.cell_type == "code"]
+        exercises = [c for c in graded.cells[start:] if c.cell_type == "code"]
+        assert all(c.execution_count is None for c in lesson), "grading re-ran the lesson"
+        assert all(c.execution_count for c in exercises), "grading skipped an exercise cell"
+
+
+def test_autograde_of_empty_answers_gives_less(assignments, tmp_path):
+    course_dir, released = assignments
+    scores = course.autograde(released, course_dir, "blank")
+    for name, (score, max_score) in scores.items():
+        assert max_score > 0 and score == 0, f"{name}: unanswered exercises scored {score}"
+
+    # One exercise left unanswered in an otherwise correct notebook costs exactly its points.
+    source = nbformat.read(GRADED[0], 4)
+    student = _cells_by_grade_id(nbformat.read(released[0], 4))
+    answers = [c for c in source.cells if c.metadata.get("nbgrader", {}).get("solution")
+               and c.cell_type == "code"]
+    answers[0].source = student[answers[0].metadata["nbgrader"]["grade_id"]].source
+    partial = tmp_path / GRADED[0].name
+    nbformat.write(source, partial)
+    score, max_score = course.autograde([partial], course_dir, "partial")[GRADED[0].stem]
+    first_check = next(c for c in source.cells[source.cells.index(answers[0]):]
+                       if c.metadata.get("nbgrader", {}).get("grade"))
+    assert score == max_score - first_check.metadata["nbgrader"]["points"]
+
+
+def _plotly_outputs(nb) -> int:
+    return sum(course.PLOTLY_MIME in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_book_has_a_page_per_notebook_with_its_figures(tmp_path):
+    html_dir = course.build_book(NOTEBOOKS, tmp_path / "book")
+    assert (html_dir / "_static" / "plotly.min.js").stat().st_size > 1_000_000
+    index = (html_dir / "index.html").read_text()
+    for path in NOTEBOOKS:
+        page_path = html_dir / "notebooks" / f"{path.stem}.html"
+        assert page_path.is_file(), f"{path.name} did not become a page"
+        assert f'href="notebooks/{path.stem}.html"' in index, f"{path.name} is not in the toc"
+        page = page_path.read_text()
+        figures = re.findall(r'<div class="svlab-plotly" id="([\w-]+)"></div>', page)
+        assert len(figures) == _plotly_outputs(nbformat.read(path, 4)), path.name
+        for div_id in figures:
+            match = re.search(rf'<script type="application/json" id="{div_id}-json">(.*?)'
+                              r"</script>", page, re.S)
+            assert "data" in json.loads(match.group(1).replace("<\\/", "</")), div_id
+            assert f'Plotly.newPlot("{div_id}"' in page
+        assert "_static/plotly.min.js" in page
+        assert not re.search(r'<script[^>]*src="https?://(?!cdn.jsdelivr.net/npm/mathjax)', page)
+
+
+def test_book_reader_keeps_other_outputs():
+    cell = nbformat.v4.new_code_cell("1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "1"},
+                                           execution_count=1)]
+    nb = course.read_book_notebook(nbformat.writes(nbformat.v4.new_notebook(cells=[cell])))
+    assert nb.cells[0].outputs[0].data == {"text/plain": "1"}
+
+
+def test_app_serves_the_workbench_without_code(tmp_path):
+    source = "\n".join(c.source for c in nbformat.read(course.APP_NOTEBOOK, 4).cells
+                       if c.cell_type == "code")
+    with course.app_server() as url:
+        with urllib.request.urlopen(f"{url}/", timeout=PAGE_FETCH_S) as response:
+            assert response.status == 200
+            page = response.read().decode()
+    (tmp_path / "app.html").write_text(page)
+    assert '"output_type": "error"' not in page, "the notebook raised in Voila"
+    views = re.findall(r'"application/vnd.jupyter.widget-view\+json": \{"model_id": "\w+"', page)
+    assert len(views) >= 2, "the workbench and the memory panel should both be on the page"
+    assert "LiveQuantizer(model, evalset)" in source
+    assert "LiveQuantizer(model, evalset)" not in page, "Voila showed the code cells"
