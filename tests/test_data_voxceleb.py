@@ -123,3 +123,10 @@ def test_cli_help(capsys):
             main([*command, "--help"])
         assert exit_info.value.code == 0
     assert "VoxCeleb2" in capsys.readouterr().out
+
+
+def test_cli_synth_leaves_existing_corpus(corpus, capsys):
+    before = (corpus / "train.txt").read_text()
+    assert main(["data", "synth", "--root", str(corpus)]) == 0
+    assert "already holds a corpus" in capsys.readouterr().out
+    assert (corpus / "train.txt").read_text() == before
