@@ -3,7 +3,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-CORPUS := data/corpus-ci/trials/test.txt
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: lab test lint corpus checkpoints bench clean
@@ -14,25 +13,23 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-$(CORPUS): | $(INSTALLED)
+corpus: $(INSTALLED)
 	$(BIN)/svlab data synth --profile ci
 
-corpus: $(CORPUS)
-
-lab: $(INSTALLED) $(CORPUS)
+lab: $(INSTALLED) corpus
 	$(BIN)/jupyter lab notebooks/
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check svlab tests benchmarks scripts
 
-test: $(INSTALLED) $(CORPUS) lint
+test: $(INSTALLED) corpus lint
 	if [ "$$CI" = "true" ]; then bash scripts/install_browser.sh; fi
 	$(BIN)/pytest --nbval-lax --nbval-current-env tests svlab notebooks
 
-checkpoints: $(INSTALLED) $(CORPUS)
+checkpoints: $(INSTALLED) corpus
 	$(BIN)/python scripts/make_checkpoints.py
 
-bench: $(INSTALLED) $(CORPUS)
+bench: $(INSTALLED) corpus
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:

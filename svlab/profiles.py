@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -28,18 +30,50 @@ class Profile:
     seed: int = 0
 
     def ensure_corpus(self) -> Path:
-        """Return the corpus root, generating the offline corpus there first if it is absent."""
+        """Return the corpus root, (re)generating the offline corpus there if it is absent or stale.
+
+        A synthetic corpus is stale when its ``meta.json`` records another generator version or
+        other settings than this profile asks for; it is then made again in place.
+        """
+        if self.synth is None:
+            if not (self.data_root / "trials").is_dir():
+                raise FileNotFoundError(
+                    f"profile {self.name!r} reads a real corpus, but {self.data_root} holds none: "
+                    "set SVLAB_DATA to a prepared VoxCeleb root (see data/README.md)"
+                )
+            return self.data_root
+        if not self.corpus_is_current():
+            from svlab.data import synthesize_corpus
+
+            synthesize_corpus(self.data_root, seed=self.seed, overwrite=True, **self.synth)
+        return self.data_root
+
+    def corpus_settings(self) -> dict:
+        """The settings ``meta.json`` records for this profile's synthetic corpus.
+
+        >>> get_profile("ci").corpus_settings()["seed"]
+        0
+        """
         from svlab.data import synthesize_corpus
 
-        if (self.data_root / "trials").is_dir():
-            return self.data_root
-        if self.synth is None:
-            raise FileNotFoundError(
-                f"profile {self.name!r} reads a real corpus, but {self.data_root} holds none: "
-                "set SVLAB_DATA to a prepared VoxCeleb root (see data/README.md)"
-            )
-        synthesize_corpus(self.data_root, seed=self.seed, **self.synth)
-        return self.data_root
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(synthesize_corpus).parameters.items()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+            and name not in ("workers", "overwrite")
+        }
+        settings = {**defaults, **(self.synth or {}), "seed": self.seed}
+        return json.loads(json.dumps(settings))
+
+    def corpus_is_current(self) -> bool:
+        """Whether ``data_root`` holds the synthetic corpus this profile would generate now."""
+        from svlab.data.synth import VERSION
+
+        meta_path = self.data_root / "meta.json"
+        if not (self.data_root / "trials").is_dir() or not meta_path.is_file():
+            return False
+        meta = json.loads(meta_path.read_text())
+        return meta.get("version") == VERSION and meta.get("settings") == self.corpus_settings()
 
 
 def _data_root(default: str) -> Path:

@@ -92,11 +92,17 @@ def _synth(args: argparse.Namespace) -> int:
     if args.difficulty is not None:
         settings["difficulty"] = args.difficulty
     root = Path(args.root) if args.root else profile.data_root
-    if (root / "trials").is_dir() and not args.force:
+    as_profile = root == profile.data_root and args.seed is None and args.difficulty is None
+    stale = as_profile and (root / "trials").is_dir() and not profile.corpus_is_current()
+    if (root / "trials").is_dir() and not (args.force or stale):
         print(f"{root} already holds a corpus (use --force to make it again)")
         return 0
+    if stale:
+        print(f"{root} was made with other settings or an older generator: making it again")
     seed = profile.seed if args.seed is None else args.seed
-    synthesize_corpus(root, seed=seed, workers=args.workers, overwrite=args.force, **settings)
+    synthesize_corpus(
+        root, seed=seed, workers=args.workers, overwrite=args.force or stale, **settings
+    )
     print(json.dumps(json.loads((root / "meta.json").read_text())["counts"]))
     return 0
 
