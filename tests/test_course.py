@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import urllib.request
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from svlab import course
+
+# The browser helpers of test_browser.py (headless Debian chromium driven by Playwright).
+_spec = importlib.util.spec_from_file_location(
+    "svlab_test_browser", Path(__file__).with_name("test_browser.py"))
+browser = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(browser)
+playwright_api = browser.playwright_api  # the fixture: skips (fails in CI) without chromium
 
 NOTEBOOKS = course.notebook_paths()
 GRADED = [p for p in NOTEBOOKS if course.graded_cells(nbformat.read(p, 4))]
@@ -143,3 +152,23 @@ def test_app_serves_the_workbench_without_code(tmp_path):
     assert len(views) >= 2, "the workbench and the memory panel should both be on the page"
     assert "LiveQuantizer(model, evalset)" in source
     assert "LiveQuantizer(model, evalset)" not in page, "Voila showed the code cells"
+
+
+def test_app_widgets_render_in_chromium(playwright_api, tmp_path):
+    browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = playwright_api.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=str(browser.CHROMIUM), headless=True,
+        args=browser.CHROMIUM_FLAGS, viewport={"width": 1600, "height": 1100},
+    )
+    try:
+        with course.app_server() as url:
+            page = context.new_page()
+            page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
+            for selector in (".svlab-eer", ".svlab-layer-slider", ".svlab-memory-numbers"):
+                page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
+            assert page.locator(".svlab-layer-slider").count() > 1
+            assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
+            assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
+            page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
+    finally:
+        context.close()
