@@ -20,4 +20,12 @@ html_theme = "sphinx_book_theme"
 html_title = "svlab: memory-efficient speaker verification, hands on"
 html_static_path = ["_static"]
 html_js_files = ["plotly.min.js"]
+# MathJax 2 from jupyter-server-mathjax, copied into _static by svlab.course.build_book.
+mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+myst_update_mathjax = False  # its MathJax 3/4 options would stop MathJax 2
+mathjax2_config = {  # the package ships the STIX-Web fonts only
+    "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web",
+                 "imageFont": None},
+    "SVG": {"font": "STIX-Web"},
+}
 html_theme_options = {"show_toc_level": 2}

@@ -209,9 +209,10 @@ def build_book(notebooks: Sequence[Path], out: Path) -> Path:
     """Build the notebooks, with their stored outputs (none executed), into a static site.
 
     ``book/`` (Sphinx config and pages) and the notebooks are assembled in ``out/src``;
-    plotly.js is copied from the installed plotly package, so the pages work offline.
-    Returns the folder of the HTML site.
+    plotly.js and MathJax are copied from the installed plotly and jupyter-server-mathjax
+    packages, so the pages work offline. Returns the folder of the HTML site.
     """
+    import jupyter_server_mathjax
     import plotly
 
     src, html_dir = out / "src", out / "_build" / "html"
@@ -223,6 +224,7 @@ def build_book(notebooks: Sequence[Path], out: Path) -> Path:
     static = src / "_static"
     static.mkdir(exist_ok=True)
     shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", static)
+    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", static / "mathjax")
     command = [sys.executable, "-m", "sphinx", "-b", "html", "-E", "-q", str(src), str(html_dir)]
     subprocess.run(command, check=True, cwd=REPO_ROOT)
     return html_dir

@@ -114,6 +114,7 @@ def _plotly_outputs(nb) -> int:
 def test_book_has_a_page_per_notebook_with_its_figures(tmp_path):
     html_dir = course.build_book(NOTEBOOKS, tmp_path / "book")
     assert (html_dir / "_static" / "plotly.min.js").stat().st_size > 1_000_000
+    assert (html_dir / "_static" / "mathjax" / "MathJax.js").is_file()
     index = (html_dir / "index.html").read_text()
     for path in NOTEBOOKS:
         page_path = html_dir / "notebooks" / f"{path.stem}.html"
@@ -128,7 +129,9 @@ def test_book_has_a_page_per_notebook_with_its_figures(tmp_path):
             assert "data" in json.loads(match.group(1).replace("<\\/", "</")), div_id
             assert f'Plotly.newPlot("{div_id}"' in page
         assert "_static/plotly.min.js" in page
-        assert not re.search(r'<script[^>]*src="https?://(?!cdn.jsdelivr.net/npm/mathjax)', page)
+        assert not re.search(r'<script[^>]*src="https?://', page), "the page loads a script online"
+        if 'class="math' in page:
+            assert "_static/mathjax/MathJax.js" in page, f"{path.name}: math without MathJax"
 
 
 def test_book_reader_keeps_other_outputs():
