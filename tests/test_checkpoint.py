@@ -1,12 +1,17 @@
 """Tests for svlab.checkpoint: atomic writes, weights-only loads, model round trips, mismatches."""
 
+import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from svlab import checkpoint
+from svlab.evaluate import EvalSet
 from svlab.models import available, build
+from svlab.profiles import REPO_ROOT, get_profile
 
 TINY = {
     "resnet": dict(base_width=2, depths=[1, 1, 1, 1], embed_dim=8),
@@ -72,3 +77,37 @@ def test_loading_refuses_arbitrary_objects(tmp_path):
     torch.save({"f": print}, path)
     with pytest.raises(pickle.UnpicklingError):
         checkpoint.load(path)
+
+
+# ---------------------------------------------------------------- the committed tutorial models
+
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+def _results() -> dict:
+    return json.loads((CHECKPOINTS / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["resnet", "dfresnet", "ecapa"])
+def test_committed_tutorial_checkpoint_scores_as_recorded(name):
+    """Each tutorial checkpoint loads, and scores the EER recorded in results.json."""
+    recorded = _results()[name]
+    path = CHECKPOINTS / f"tutorial_{name}.pt"
+    assert path.stat().st_size < 2 * 2**20
+    model = checkpoint.load_model(path, recorded["model"])
+    evalset = EvalSet.from_corpus(get_profile("ci").ensure_corpus())
+    scores = evalset.score(model)
+    assert scores["eer"] == pytest.approx(recorded["eer"], abs=2e-3)
+    # clearly better than the same network untrained and than the mean-fbank baseline
+    assert recorded["eer"] < recorded["untrained_eer"] - 0.1
+    assert recorded["eer"] < _results()["mean_fbank_baseline"]["eer"] - 0.1
+
+
+@pytest.mark.slow
+def test_make_checkpoints_reproduces_the_tutorial_resnet(tmp_path):
+    """Retrain the tutorial ResNet with the committed script (about 2 minutes on 2 cores)."""
+    script = REPO_ROOT / "scripts" / "make_checkpoints.py"
+    command = [sys.executable, str(script), "--only", "resnet", "--out", str(tmp_path), "--quiet"]
+    subprocess.run(command, check=True, timeout=900)
+    fresh = json.loads((tmp_path / "results.json").read_text())["resnet"]
+    assert fresh["eer"] == pytest.approx(_results()["resnet"]["eer"], abs=0.02)
