@@ -159,7 +159,7 @@ def fine_tuner(
     >>> fine_tuner(data_root="/no/corpus")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: no training list at /no/corpus/train.txt
+    svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
     """
     from svlab.profiles import get_profile
     from svlab.quant.finetune import finetune_config
