@@ -9,9 +9,8 @@ from torch import nn
 
 from svlab.quant.quantize import quantizers
 
+FINETUNE_LR_SCALE = (0.1, 0.01)  # start / final learning rate, as fractions of the recipe's lr
 FINETUNE_DEFAULTS = {
-    "lr": 0.01,
-    "final_lr": 0.001,
     "warmup_epochs": 0.5,
     "margin_start_epoch": 0.0,  # the model was trained already: full AAM margin from the start
     "margin_end_epoch": 0.0,
@@ -22,15 +21,20 @@ FINETUNE_DEFAULTS = {
 def finetune_config(cfg: Any, epochs: float = 2, **overrides: Any) -> Any:
     """``cfg`` (a ``svlab.train.TrainConfig``) turned into a short fine-tuning run.
 
-    The learning rate starts low (``FINETUNE_DEFAULTS``), the AAM margin is at its full value
-    from the first step; ``overrides`` replace any field.
+    The learning rate decays from a tenth of the recipe's ``lr`` to a hundredth
+    (``FINETUNE_LR_SCALE``: relative, so SGD and Adam recipes both get a gentle rate), the AAM
+    margin is at its full value from the first step; ``overrides`` replace any field.
 
     >>> from svlab.train import TrainConfig
     >>> ft = finetune_config(TrainConfig(epochs=150, lr=0.1), epochs=3, name="ft")
-    >>> ft.epochs, ft.lr, ft.margin_end_epoch, ft.name
-    (3, 0.01, 0.0, 'ft')
+    >>> ft.epochs, round(ft.lr, 6), round(ft.final_lr, 6), ft.margin_end_epoch, ft.name
+    (3, 0.01, 0.001, 0.0, 'ft')
+    >>> round(finetune_config(TrainConfig(optimizer="adam", lr=0.003)).lr, 6)
+    0.0003
     """
-    return dataclasses.replace(cfg, **{**FINETUNE_DEFAULTS, "epochs": epochs, **overrides})
+    start, final = FINETUNE_LR_SCALE
+    rates = {"lr": cfg.lr * start, "final_lr": cfg.lr * final}
+    return dataclasses.replace(cfg, **{**FINETUNE_DEFAULTS, **rates, "epochs": epochs, **overrides})
 
 
 def finetune(model: nn.Module, cfg: Any, progress: bool = False) -> nn.Module:
