@@ -172,6 +172,9 @@ def sensitivity_study(path: Path, eval_set, bits: int, size_fraction: float) -> 
         "table": table.to_dict(orient="records"),
     }
     print(table.round(5).to_string(index=False))
+    summary = {k: result[k] for k in ("fp32", "mixed", f"all_{bits}bit")}
+    print(pd.DataFrame(summary).T.round(4).to_string())
+    print(f"kept fp32: {kept}")
     return result
 
 
