@@ -53,7 +53,10 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "mixed.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one model, fewer points and steps")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="fewer points and steps; one model unless --checkpoints names more",
+    )
     parser.add_argument("--checkpoints", nargs="*", help="model checkpoints (default: tutorials)")
     parser.add_argument("--profile", default="ci")
     parser.add_argument("--seed", type=int, default=0)
@@ -144,6 +147,16 @@ def bench_allocation(quick: bool) -> list[dict]:
 
 def score(eval_set: EvalSet, model: torch.nn.Module) -> float:
     return float(eval_set.score(model)["eer"])
+
+
+def finite_score(eval_set: EvalSet, model: torch.nn.Module) -> float | None:
+    """The EER, or None where the model's scores are not finite (a diverged binary model)."""
+    try:
+        return score(eval_set, model)
+    except ValueError as error:
+        if "NaN or infinite" not in str(error):
+            raise
+        return None
 
 
 def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner) -> dict:
@@ -243,16 +256,20 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner) -> dict:
         else:
             quantized = binarize(model, scheme)
             size = binary_size(quantized)["total"]
-        ptq = score(eval_set, quantized)
+        ptq = finite_score(eval_set, quantized)
         learned = {}
         if scheme == "adaptive":
             learned["before"] = scale_threshold(quantized)
-        tuned = tuner(steps, quantized)
-        if scheme == "adaptive":
-            learned["after"] = scale_threshold(tuned)
+        if ptq is None:
+            eer, note = None, "non-finite embeddings after binarization: not fine-tuned"
+        else:
+            tuned = tuner(steps, quantized)
+            eer, note = finite_score(eval_set, tuned), ""
+            if scheme == "adaptive":
+                learned["after"] = scale_threshold(tuned)
         binary.append(
-            {"scheme": scheme, "size_bytes": size, "eer_ptq": ptq, "eer": score(eval_set, tuned),
-             "steps": steps, **({"learned": learned} if learned else {})}
+            {"scheme": scheme, "size_bytes": size, "eer_ptq": ptq, "eer": eer, "steps": steps,
+             **({"note": note} if note else {}), **({"learned": learned} if learned else {})}
         )
     out["binary"] = binary
     return {name: out}
@@ -270,6 +287,10 @@ def scale_threshold(model: torch.nn.Module) -> dict[str, float]:
     scales = torch.cat([b.scale.detach().abs().reshape(-1) for b in found])
     ratios = torch.cat([(b.threshold / b.scale).detach().abs().reshape(-1) for b in found])
     return {"mean_scale": float(scales.mean()), "mean_threshold_over_scale": float(ratios.mean())}
+
+
+def percent(eer: float | None) -> str:
+    return "n/a" if eer is None else f"{100 * eer:.2f}"
 
 
 def print_tables(results: dict) -> None:
@@ -296,8 +317,8 @@ def print_tables(results: dict) -> None:
                   f"{100 * r['eer_before']:>10.2f} {100 * r['eer']:>9.2f}")
         print(f"{'1-bit scheme':>12} {'size KB':>8} {'EER PTQ':>8} {'EER tuned':>9}")
         for r in m["binary"]:
-            print(f"{r['scheme']:>12} {r['size_bytes'] / 1024:>8.2f} {100 * r['eer_ptq']:>8.2f} "
-                  f"{100 * r['eer']:>9.2f}")
+            print(f"{r['scheme']:>12} {r['size_bytes'] / 1024:>8.2f} {percent(r['eer_ptq']):>8} "
+                  f"{percent(r['eer']):>9}  {r.get('note', '')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("no checkpoints/tutorial_*.pt: run `make checkpoints` first", file=sys.stderr)
         return 1
-    if args.quick:
+    if args.quick and not args.checkpoints:
         paths = paths[:1]
     eval_set = EvalSet.from_corpus(root, max_seconds=3.0 if args.quick else None)
     results: dict = {
