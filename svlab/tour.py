@@ -13,7 +13,6 @@ import torch
 from svlab import memory, quant
 from svlab.checkpoint import load_model
 from svlab.evaluate import EvalSet
-from svlab.metrics import cosine_scores, eer
 from svlab.optim import measure_state
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 
@@ -32,15 +31,13 @@ def _ratio(x: float) -> str:
     return f"{x:.2f}"
 
 
-def corpus_rows(evalset: EvalSet, root: Path) -> list[dict]:
+def corpus_rows(evalset: EvalSet) -> list[dict]:
     """Corpus size and the no-training baseline (each utterance's mean fbank, cosine-scored)."""
     speakers = {key.split("/")[0] for key in evalset.keys}
-    means = dict(zip(evalset.keys, evalset.means, strict=True))
-    baseline = eer(cosine_scores(means, evalset.pairs), evalset.labels)[0]
     return [
         _row("00", "test speakers / utterances", f"{len(speakers)} / {len(evalset.keys)}"),
         _row("00", "trials (target)", f"{len(evalset.pairs)} ({int(evalset.labels.sum())})"),
-        _row("00", "mean-fbank baseline EER", _percent(baseline), "%"),
+        _row("00", "mean-fbank baseline EER", _percent(evalset.score_mean_fbank()["eer"]), "%"),
     ]
 
 
@@ -97,15 +94,14 @@ def run_tour(profile: str = "ci", checkpoint: Path = TUTORIAL_CHECKPOINT) -> pd.
     """Run every notebook's main computation in ``profile`` and return the summary table."""
     chosen = get_profile(profile)
     seed_everything(chosen.seed)
-    root = chosen.ensure_corpus()
-    evalset = EvalSet.from_corpus(root)
+    evalset = EvalSet.from_corpus(chosen.ensure_corpus())
     model = load_model(checkpoint).eval()
     fp32 = evalset.score(model)
 
     def score(m: torch.nn.Module) -> float:
         return evalset.score(m)["eer"]
 
-    rows = corpus_rows(evalset, root)
+    rows = corpus_rows(evalset)
     rows += [
         _row("00", "tutorial model EER", _percent(fp32["eer"]), "%"),
         _row("00", "tutorial model minDCF (p=0.01)", f"{fp32['min_dcf']:.3f}"),
