@@ -21,7 +21,7 @@ from svlab.models import build, count_parameters
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 from svlab.train import TrainConfig, train
 
-TUTORIAL_MODELS = ("resnet", "dfresnet", "ecapa")
+TUTORIAL_MODELS = ("resnet", "dfresnet", "ecapa", "rev_resnet")
 
 
 def make_checkpoint(name: str, out: Path, progress: bool = True) -> dict:
