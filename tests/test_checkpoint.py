@@ -88,7 +88,7 @@ def _results() -> dict:
     return json.loads((CHECKPOINTS / "results.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["resnet", "dfresnet", "ecapa"])
+@pytest.mark.parametrize("name", ["resnet", "dfresnet", "ecapa", "rev_resnet"])
 def test_committed_tutorial_checkpoint_scores_as_recorded(name):
     """Each tutorial checkpoint loads, and scores the EER recorded in results.json."""
     recorded = _results()[name]
