@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: lab test lint corpus checkpoints bench clean
+.PHONY: lab test lint corpus checkpoints bench assignments book app clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,14 @@ checkpoints: $(INSTALLED) corpus
 bench: $(INSTALLED) corpus
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
 
+assignments: $(INSTALLED) corpus
+	$(BIN)/python -m svlab.course assignments
+
+book: $(INSTALLED)
+	$(BIN)/python -m svlab.course book
+
+app: $(INSTALLED) corpus
+	$(BIN)/python -m svlab.course app
+
 clean:
-	rm -rf $(VENV) data/corpus-ci .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/corpus-ci build .pytest_cache .ruff_cache
