@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from svlab import checkpoint
-from svlab.quant.quantize import Patterns, bit_map, clone_model
+from svlab.quant.quantize import Patterns, bit_map, clone_model, parametrizations_of
 
 SCHEMES = ("sign", "static", "adaptive")
 GRANULARITIES = ("tensor", "channel")
@@ -189,15 +189,7 @@ def binarizers(model: nn.Module) -> dict[str, Binarizer]:
     >>> list(binarizers(binarize(nn.Sequential(nn.Linear(3, 3)), "sign")))
     ['0.weight']
     """
-    found = {}
-    for module_name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for attr, chain in module.parametrizations.items():
-            for binarizer in chain:
-                if isinstance(binarizer, Binarizer):
-                    found[f"{module_name}.{attr}" if module_name else attr] = binarizer
-    return found
+    return parametrizations_of(model, Binarizer)
 
 
 @contextmanager

@@ -339,14 +339,24 @@ def quantizers(model: nn.Module) -> dict[str, CodebookQuantizer]:
     >>> list(quantizers(quantize_model(nn.Sequential(nn.Linear(3, 3)), 1)))
     ['0.weight']
     """
+    return parametrizations_of(model, CodebookQuantizer)
+
+
+def parametrizations_of(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
+    """``{parameter name: parametrization}`` for every parametrization of type ``kind``.
+
+    >>> net = quantize_model(nn.Sequential(nn.Linear(3, 3)), 1)
+    >>> {name: type(p).__name__ for name, p in parametrizations_of(net, CodebookQuantizer).items()}
+    {'0.weight': 'CodebookQuantizer'}
+    """
     found = {}
     for module_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for attr, chain in module.parametrizations.items():
-            for quantizer in chain:
-                if isinstance(quantizer, CodebookQuantizer):
-                    found[f"{module_name}.{attr}" if module_name else attr] = quantizer
+            for parametrization in chain:
+                if isinstance(parametrization, kind):
+                    found[f"{module_name}.{attr}" if module_name else attr] = parametrization
     return found
 
 
