@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from svlab.data.synth import synthesize_corpus
 from svlab.models import build
 from svlab.quant import latent_weight, quantize_model, quantizers, sse
 from svlab.quant.finetune import finetune, finetune_config
@@ -14,18 +13,9 @@ from svlab.train import TrainConfig
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return synthesize_corpus(
-        tmp_path_factory.mktemp("corpus") / "c",
-        n_train_speakers=4,
-        n_test_speakers=2,
-        sessions_per_speaker=2,
-        utterances_per_session=2,
-        train_seconds=(0.4, 0.6),
-        test_seconds=(0.4, 0.6),
-        trials_per_utterance=2,
-    )
+@pytest.fixture
+def corpus(training_corpus):
+    return training_corpus
 
 
 def test_finetune_trains_latent_weights_and_codebooks_and_stays_quantized(corpus, tmp_path):

@@ -209,20 +209,10 @@ def test_reversible_model_caches_far_less_than_vanilla():
     assert isinstance(svlab.models.build("rev_resnet18"), RevResNet)
 
 
-def test_svlab_train_trains_a_reversible_model(tmp_path):
+def test_svlab_train_trains_a_reversible_model(tmp_path, training_corpus):
     from svlab.cli import main
-    from svlab.data.synth import synthesize_corpus
 
-    corpus = synthesize_corpus(
-        tmp_path / "corpus",
-        n_train_speakers=4,
-        n_test_speakers=2,
-        sessions_per_speaker=2,
-        utterances_per_session=2,
-        train_seconds=(0.4, 0.6),
-        test_seconds=(0.4, 0.6),
-        trials_per_utterance=2,
-    )
+    corpus = training_corpus
     recipe = tmp_path / "rev.toml"
     recipe.write_text(
         'model = "rev_resnet18"\n'

@@ -10,7 +10,6 @@ import torch
 
 from svlab import checkpoint
 from svlab.checkpoint import load_model
-from svlab.data.synth import synthesize_corpus
 from svlab.models import build
 from svlab.train import (
     ConfigError,
@@ -26,18 +25,9 @@ torch.set_num_threads(1)
 TINY_MODEL = {"base_width": 2, "depths": [1, 1, 1, 1], "embed_dim": 8}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return synthesize_corpus(
-        tmp_path_factory.mktemp("corpus") / "c",
-        n_train_speakers=4,
-        n_test_speakers=2,
-        sessions_per_speaker=2,
-        utterances_per_session=2,
-        train_seconds=(0.4, 0.6),
-        test_seconds=(0.4, 0.6),
-        trials_per_utterance=2,
-    )
+@pytest.fixture
+def corpus(training_corpus):
+    return training_corpus
 
 
 def tiny_config(corpus, out_dir, **changes):
