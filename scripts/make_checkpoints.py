@@ -50,7 +50,7 @@ def make_checkpoint(name: str, out: Path, progress: bool = True) -> dict:
         "threads": torch.get_num_threads(),
     }
     checkpoint.save_model(
-        out / f"tutorial_{name}.pt", result.model, cfg.model, cfg.model_args,
+        out / f"tutorial_{name}.pt", result.model, cfg.model, cfg.model_args, head=result.head,
         eer=trained["eer"], min_dcf=trained["min_dcf"], config=f"configs/tutorial_{name}.toml",
     )  # fmt: skip
     return summary

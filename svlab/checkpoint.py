@@ -56,9 +56,17 @@ def load(path: str | os.PathLike) -> Any:
 
 
 def save_model(
-    path: str | os.PathLike, model: nn.Module, name: str, overrides: dict | None = None, **meta: Any
+    path: str | os.PathLike,
+    model: nn.Module,
+    name: str,
+    overrides: dict | None = None,
+    head: nn.Module | None = None,
+    **meta: Any,
 ) -> Path:
     """Save a registry model with what is needed to rebuild it: its name and overrides.
+
+    ``head``, the AAM-softmax head it was trained with, is kept beside the encoder (not part
+    of the model: scoring never uses it) so that fine-tuning can start from it.
 
     >>> import tempfile, pathlib
     >>> from svlab.models import build
@@ -67,6 +75,8 @@ def save_model(
     ...                {"base_width": 4, "embed_dim": 8}, eer=0.1)
     >>> load_model(p).embed_dim
     8
+    >>> load_head(p) is None
+    True
     """
     return save(
         path,
@@ -75,6 +85,7 @@ def save_model(
             "model": name,
             "overrides": dict(overrides or {}),
             "state_dict": model.state_dict(),
+            "head": None if head is None else head.weight.detach().clone(),
             "meta": meta,
         },
     )
@@ -101,3 +112,29 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> nn.Module:
             f"{path}: weights do not fit {ckpt['model']!r} with {ckpt['overrides']}: {err}"
         ) from err
     return model
+
+
+def load_head(path: str | os.PathLike) -> nn.Module | None:
+    """The AAM-softmax head saved beside a model by :func:`save_model`, or None if none was.
+
+    >>> import tempfile, pathlib
+    >>> from svlab.losses import AAMSoftmax
+    >>> from svlab.models import build
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.pt"
+    >>> _ = save_model(p, build("resnet18", base_width=2, embed_dim=8), "resnet18",
+    ...                {"base_width": 2, "embed_dim": 8}, head=AAMSoftmax(8, 5))
+    >>> load_head(p).weight.shape
+    torch.Size([5, 8])
+    """
+    from svlab.losses import AAMSoftmax
+
+    ckpt = load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not an svlab model checkpoint")
+    weight = ckpt.get("head")
+    if weight is None:
+        return None
+    head = AAMSoftmax(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head

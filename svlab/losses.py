@@ -33,6 +33,43 @@ class AAMSoftmax(nn.Module):
         self.scale = scale
         self.margin = margin
 
+    @classmethod
+    def imprinted(
+        cls,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        n_classes: int | None = None,
+        scale: float = 32.0,
+        margin: float = 0.2,
+    ) -> AAMSoftmax:
+        """A head whose centre for each class is the mean direction of its ``embeddings``.
+
+        "Weight imprinting": what a trained head converges to, without training. Fine-tuning a
+        trained (or quantized) encoder against a random head first drags the encoder towards
+        arbitrary centres; an imprinted head starts where the encoder already is. Every class
+        in ``range(n_classes)`` (default: ``labels.max() + 1``) needs at least one embedding.
+
+        >>> emb = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, -3.0]])
+        >>> head = AAMSoftmax.imprinted(emb, torch.tensor([0, 0, 1]))
+        >>> head.weight.detach().round(decimals=3)
+        tensor([[ 0.9240,  0.3830],
+                [ 0.0000, -1.0000]])
+        """
+        n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+        counts = torch.bincount(labels, minlength=n_classes)
+        if len(counts) > n_classes or (counts == 0).any():
+            missing = (counts[:n_classes] == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"imprinting needs embeddings of every class in 0..{n_classes - 1}; "
+                f"labels out of range or classes {missing} have none"
+            )
+        directions = F.normalize(embeddings.detach().float(), dim=1)
+        sums = torch.zeros(n_classes, directions.shape[1]).index_add_(0, labels, directions)
+        head = cls(directions.shape[1], n_classes, scale, margin)
+        with torch.no_grad():
+            head.weight.copy_(F.normalize(sums, dim=1))
+        return head
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scaled cosine logits ``[B, n_classes]`` with the margin applied to the true class."""
         cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)

@@ -305,6 +305,20 @@ class SpeakerCrops:
             feats = fbank(waves)
         return feats, self.labels[chosen]
 
+    def centre_crops(self, indices: list[int]) -> torch.Tensor:
+        """fbank ``[len(indices), crop_frames, F]`` of the middle of each utterance, no dither.
+
+        >>> _example_crops().centre_crops([0, 1])[:, :, 0].tolist()
+        [[-2.0, -1.0, 0.0, 1.0, 2.0], [-2.0, -1.0, 0.0, 1.0, 2.0]]
+        """
+        if self.features is not None:
+            feats = torch.stack(
+                [_crop(self.features[i].float(), self.crop_frames, 0.5) for i in indices]
+            )
+            return feats - feats.mean(dim=1, keepdim=True)
+        samples = (self.crop_frames - 1) * HOP + WINDOW
+        return fbank(torch.stack([_crop(load_audio(self.paths[i]), samples, 0.5) for i in indices]))
+
 
 def _example_crops() -> SpeakerCrops:
     """Two in-memory utterances of two speakers, for the examples."""
@@ -360,6 +374,43 @@ class SpeakerClassifier(nn.Module):
         logits = self.head.logits(self.encoder(feats).float(), labels)
         loss = nn.functional.cross_entropy(logits, labels)
         return loss, (logits.argmax(dim=1) == labels).sum()
+
+
+@torch.no_grad()
+def imprint_head(
+    model: nn.Module,
+    crops: SpeakerCrops,
+    scale: float = 32.0,
+    margin: float = 0.2,
+    batch_size: int = 64,
+) -> AAMSoftmax:
+    """An AAM-softmax head imprinted with ``model``'s embeddings of the training utterances.
+
+    Each speaker's centre is the mean direction of the embeddings (eval mode) of the middle
+    crop of each of their utterances (:meth:`AAMSoftmax.imprinted`). This is the head to
+    fine-tune a trained or quantized encoder with when its own trained head is not at hand.
+
+    >>> model = build("resnet18", base_width=2, embed_dim=4)
+    >>> imprint_head(model, _example_crops()).weight.shape
+    torch.Size([2, 4])
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    embeddings = [
+        model(
+            crops.centre_crops(list(range(start, min(start + batch_size, len(crops.paths))))).to(
+                device
+            )
+        )
+        .float()
+        .cpu()
+        for start in range(0, len(crops.paths), batch_size)
+    ]
+    model.train(was_training)
+    return AAMSoftmax.imprinted(
+        torch.cat(embeddings), crops.labels, crops.n_speakers, scale, margin
+    )
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -430,6 +481,28 @@ def _use_global_batchnorm(module: nn.Module, on: bool) -> nn.Module:
 
 # ----------------------------------------------------------------------------- the loop
 
+
+def _training_head(
+    head: AAMSoftmax | str | None, model: nn.Module, crops: SpeakerCrops, cfg: TrainConfig
+) -> AAMSoftmax:
+    """The head :func:`train` uses: a fresh one, an imprinted one, or ``head`` checked."""
+    if head is None:
+        return AAMSoftmax(model.embed_dim, crops.n_speakers, cfg.scale, cfg.margin)
+    if isinstance(head, str):
+        if head != "imprint":
+            raise ConfigError(f"head must be an AAMSoftmax, 'imprint' or None, got {head!r}")
+        return imprint_head(model, crops, cfg.scale, cfg.margin)
+    expected = (crops.n_speakers, model.embed_dim)
+    if tuple(head.weight.shape) != expected:
+        raise ConfigError(
+            f"the head has {head.weight.shape[0]} speakers x {head.weight.shape[1]} dimensions, "
+            f"but this corpus has {expected[0]} speakers and the model embeds in {expected[1]}; "
+            "pass head='imprint' to make one for this corpus"
+        )
+    head.scale = cfg.scale
+    return head
+
+
 STATE_FORMAT = "svlab-train-state-v1"
 # settings that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"stop_after_steps", "workers", "threads", "device", "out_dir", "eval_every"}
@@ -498,9 +571,19 @@ def _restore(path: Path, cfg: TrainConfig, net: nn.Module, optimizer, scaler) ->
 
 
 def train(
-    cfg: TrainConfig, model: nn.Module | None = None, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    model: nn.Module | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    head: AAMSoftmax | str | None = None,
 ) -> TrainResult:
     """Train ``model`` (default: ``build(cfg.model, **cfg.model_args)``) with AAM-softmax.
+
+    ``head`` is the AAM-softmax head to train with: by default a fresh random one (right for
+    a new model); to fine-tune a trained encoder pass its trained head (a checkpoint's, see
+    :func:`svlab.checkpoint.load_head`, trained on this corpus's speakers) or ``"imprint"``
+    (:func:`imprint_head`), since a random head would first pull the encoder off its minimum.
+    The head's scale is set to ``cfg.scale``; its margin follows the config's ramp.
 
     Writes to ``cfg.run_dir()``: ``checkpoint.pt`` (the whole training state, every
     ``checkpoint_every`` steps and at the end, atomically), ``history.csv`` (one row per
@@ -552,7 +635,7 @@ def train(
     built_here = model is None
     if built_here:
         model = build(cfg.model, **cfg.model_args)
-    head = AAMSoftmax(model.embed_dim, crops.n_speakers, cfg.scale, cfg.margin)
+    head = _training_head(head, model, crops, cfg)
     net = SpeakerClassifier(model, head).to(device)
     if world > 1 and cfg.sync_batchnorm:  # before the optimizer: the swap makes new parameters
         if device.type == "cuda":

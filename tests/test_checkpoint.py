@@ -98,6 +98,8 @@ def test_committed_tutorial_checkpoint_scores_as_recorded(name):
     evalset = EvalSet.from_corpus(get_profile("ci").ensure_corpus())
     scores = evalset.score(model)
     assert scores["eer"] == pytest.approx(recorded["eer"], abs=2e-3)
+    head = checkpoint.load_head(path)  # the trained head, for fine-tuning: ci's 60 speakers
+    assert head.weight.shape == (60, model.embed_dim)
     # clearly better than the same network untrained and than the mean-fbank baseline
     assert recorded["eer"] < recorded["untrained_eer"] - 0.1
     assert recorded["eer"] < _results()["mean_fbank_baseline"]["eer"] - 0.1

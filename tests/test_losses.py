@@ -75,3 +75,16 @@ def test_margin_ramp():
     assert margin_ramp(3, 0.2, 2, 4) == pytest.approx(0.1)
     assert margin_ramp(10, 0.2, 2, 4) == 0.2
     assert margin_ramp(5, 0.2, 0, 0) == 0.2
+
+
+def test_imprinted_head_points_at_class_means_and_needs_every_class():
+    torch.manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    labels = torch.arange(3).repeat_interleave(20)
+    embeddings = (centres[labels] + 0.1 * torch.randn(60, 16)) * torch.rand(60, 1) * 5
+    head = AAMSoftmax.imprinted(embeddings, labels)
+    cosine = head.weight.detach() @ centres.T
+    assert torch.equal(cosine.argmax(dim=1), torch.arange(3)) and cosine.diagonal().min() > 0.98
+    assert head(embeddings, labels) < AAMSoftmax(16, 3)(embeddings, labels)
+    with pytest.raises(ValueError, match=r"classes \[3\] have none"):
+        AAMSoftmax.imprinted(embeddings, labels, n_classes=4)

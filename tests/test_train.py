@@ -16,6 +16,7 @@ from svlab.train import (
     SpeakerCrops,
     TrainConfig,
     TrainingError,
+    imprint_head,
     learning_rate,
     train,
 )
@@ -154,6 +155,33 @@ def test_trains_a_given_model_in_place(corpus, tmp_path):
     assert result.model is model
     assert not torch.equal(before, model.embedding.weight)
     assert not (tmp_path / "model.pt").exists()  # not a registry build: the caller saves it
+
+
+def test_training_with_a_given_or_imprinted_head(corpus, tmp_path):
+    """A given head is the one trained; an imprinted head starts far below a random one's loss;
+    a head for other speakers or dimensions, or an unknown kind, is refused."""
+    first = train(tiny_config(corpus, tmp_path / "a", epochs=2), progress=False)
+    given = first.head
+    before = given.weight.detach().clone()
+    again = train(tiny_config(corpus, tmp_path / "b", epochs=1), model=first.model,
+                  progress=False, head=given)  # fmt: skip
+    assert again.head is given and not torch.equal(before, given.weight)
+    losses = {}
+    for kind, head in [("imprint", "imprint"), ("random", None)]:
+        frozen = dict(lr=1e-9, final_lr=1e-9, warmup_epochs=0.0, margin_start_epoch=0.0)
+        cfg = tiny_config(corpus, tmp_path / kind, epochs=1, log_every=1, margin_end_epoch=0.0,
+                          **frozen)  # fmt: skip
+        model = load_model(tmp_path / "a" / "model.pt")
+        losses[kind] = train(cfg, model=model, progress=False, head=head).history["loss"].iloc[0]
+    assert losses["imprint"] < losses["random"] / 2, losses
+    crops = SpeakerCrops.from_corpus(corpus, crop_frames=20)
+    assert imprint_head(first.model, crops).weight.shape == (crops.n_speakers, 8)
+    two_speakers = SpeakerCrops(crops.paths[:2], [0, 1], 20, features=crops.features[:2])
+    with pytest.raises(ConfigError, match="this corpus has 4 speakers.*head='imprint'"):
+        train(tiny_config(corpus, tmp_path / "x"), model=model,
+              head=imprint_head(first.model, two_speakers))  # fmt: skip
+    with pytest.raises(ConfigError, match="'imprint' or None, got 'trained'"):
+        train(tiny_config(corpus, tmp_path / "x"), model=model, head="trained")
 
 
 def test_ddp_two_processes_match_one(corpus, tmp_path):

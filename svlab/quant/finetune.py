@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -37,13 +38,19 @@ def finetune_config(cfg: Any, epochs: float = 2, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **{**FINETUNE_DEFAULTS, **rates, "epochs": epochs, **overrides})
 
 
-def finetune(model: nn.Module, cfg: Any, progress: bool = False) -> nn.Module:
+def finetune(
+    model: nn.Module, cfg: Any, head: nn.Module | None = None, progress: bool = False
+) -> nn.Module:
     """Train the quantized ``model`` in place with ``svlab.train.train(cfg, model=model)``.
 
     The forward pass uses the quantized weights; gradients reach the latent weights through the
     straight-through estimator (moving weights between levels) and, where they are trainable
-    (k-means by default), the codebook entries. Uniform grids stay as fitted. Returns
-    ``model``, in eval mode.
+    (k-means by default), the codebook entries. Uniform grids stay as fitted. ``head`` is the
+    AAM-softmax head the full-precision model was trained with
+    (:func:`svlab.checkpoint.load_head`); without one, a head is imprinted from the quantized
+    model's own embeddings of the training speakers. A random head would not do: its loss
+    gradients first move the encoder towards arbitrary speaker centres, and a short run ends
+    worse than it began. The head is copied, never changed. Returns ``model``, in eval mode.
 
     >>> finetune(nn.Linear(2, 2), None)
     Traceback (most recent call last):
@@ -55,5 +62,5 @@ def finetune(model: nn.Module, cfg: Any, progress: bool = False) -> nn.Module:
         raise ValueError("finetune needs a quantized model (see svlab.quant.quantize_model)")
     from svlab.train import train
 
-    train(cfg, model=model, progress=progress)
+    train(cfg, model=model, progress=progress, head=copy.deepcopy(head) if head else "imprint")
     return model.eval()

@@ -11,6 +11,7 @@ straight-through estimator (``freeze_quantized=False``).
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -147,14 +148,18 @@ def fine_tuner(
     crop_frames: int = 200,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
+    head: nn.Module | None = None,
 ) -> Callable[[int, nn.Module], nn.Module]:
     """A trainer for :func:`msft`: ``trainer(steps, model)`` fine-tunes ``model`` in place.
 
     Each call is one ``svlab.train.train`` run of ``steps`` steps, set up by
-    :func:`svlab.quant.finetune.finetune_config` (AAM-softmax with a fresh head, full margin, no
-    validation) without warm-up and with the learning rate decaying from ``lr`` towards
-    ``lr / 10``; it writes its files under ``out_dir`` (default: a temporary directory). Pass
-    the number of steps per stage as ``msft``'s ``train_cfg``. Returns the model in eval mode.
+    :func:`svlab.quant.finetune.finetune_config` (full margin, no validation) without warm-up
+    and with the learning rate decaying from ``lr`` towards ``lr / 10``; it writes its files
+    under ``out_dir`` (default: a temporary directory). The AAM-softmax head starts as a copy
+    of ``head`` (the model's trained head) or, without one, is imprinted from the model's
+    embeddings at the first call; each later call goes on with the head the previous one
+    left. Pass the number of steps per stage as ``msft``'s ``train_cfg``. Returns the model
+    in eval mode.
 
     >>> fine_tuner(data_root="/no/corpus")
     Traceback (most recent call last):
@@ -171,6 +176,7 @@ def fine_tuner(
     )
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svlab-finetune-"))
     runs = [0]
+    heads = [copy.deepcopy(head) if head is not None else "imprint"]
 
     def trainer(steps: int, model: nn.Module) -> nn.Module:
         if not isinstance(steps, int) or steps < 1:
@@ -194,7 +200,7 @@ def fine_tuner(
             warmup_epochs=0,
             checkpoint_every=10**9,
         )
-        train(cfg, model=model, progress=False)
+        heads[0] = train(cfg, model=model, progress=False, head=heads[0]).head
         return model.eval()
 
     return trainer
