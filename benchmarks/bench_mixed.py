@@ -11,8 +11,9 @@ On the tutorial checkpoints (``checkpoints/tutorial_*.pt``) scored on the profil
 4. 1-bit: sign, static, adaptive (and 1-bit k-means), before and after the same fine-tuning;
 5. the time to allocate bits for a resnet34-sized model (6.6 M weights, 37 layers).
 
-Fine-tuning is ``svlab.train.train`` (AAM-softmax, a fresh head) for ``--steps`` steps; the fp32
-model fine-tuned the same way is the control. Prints tables, writes benchmarks/results/mixed.json.
+Fine-tuning is ``svlab.train.train`` (AAM-softmax, starting from the checkpoint's trained head)
+for ``--steps`` steps; the fp32 model fine-tuned the same way is the control. Prints tables,
+writes benchmarks/results/mixed.json.
 """
 
 from __future__ import annotations
@@ -159,9 +160,14 @@ def finite_score(eval_set: EvalSet, model: torch.nn.Module) -> float | None:
         return None
 
 
-def bench_model(path: Path, args, eval_set: EvalSet, root: Path, tuner) -> dict:
+def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -> dict:
     name = path.stem
     model = checkpoint.load_model(path).eval()
+    tuner = fine_tuner(
+        args.profile, data_root=root, lr=args.lr, batch_size=args.batch_size,
+        crop_frames=args.crop_frames, seed=args.seed, out_dir=Path(workdir) / name,
+        head=checkpoint.load_head(path),
+    )
     out: dict = {"checkpoint": str(path), "weights": len(quantizable_names(model))}
     out["fp32"] = {"eer": score(eval_set, model), "size_bytes": model_size(model)}
     feats = calibration_batch(root, args, 16 if args.quick else 32)
@@ -343,12 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     with tempfile.TemporaryDirectory() as workdir:
-        tuner = fine_tuner(
-            args.profile, data_root=root, lr=args.lr, batch_size=args.batch_size,
-            crop_frames=args.crop_frames, seed=args.seed, out_dir=workdir,
-        )
         for path in paths:
-            results["models"].update(bench_model(path, args, eval_set, root, tuner))
+            results["models"].update(bench_model(path, args, eval_set, root, workdir))
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")

@@ -6,6 +6,7 @@ from torch import nn
 
 from svlab import checkpoint
 from svlab.models import build
+from svlab.profiles import REPO_ROOT
 from svlab.quant import quantize_model, quantizers
 from svlab.quant.packed import (
     load_packed,
@@ -126,6 +127,15 @@ def test_four_bit_file_of_a_registry_model_is_at_most_a_seventh(tmp_path):
         )
     with pytest.raises(ValueError, match="'resnet34' model, not 'ecapa_c512'"):
         load_packed(packed_file, "ecapa_c512")
+
+
+def test_four_bit_file_of_the_tutorial_resnet_is_at_most_a_seventh(tmp_path):
+    """Even at 118 k parameters, where BatchNorm and codebooks are 10% of the packed bytes."""
+    path = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"
+    fp32 = checkpoint.load_model(path)
+    fp32_file = checkpoint.save(tmp_path / "fp32.pt", fp32.state_dict())  # the encoder alone
+    packed_file = save_packed(quantize_model(fp32, 4), tmp_path / "q.svq")
+    assert packed_file.stat().st_size <= fp32_file.stat().st_size / 7
 
 
 def test_bad_files_are_named(tmp_path):

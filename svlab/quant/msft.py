@@ -155,11 +155,11 @@ def fine_tuner(
     Each call is one ``svlab.train.train`` run of ``steps`` steps, set up by
     :func:`svlab.quant.finetune.finetune_config` (full margin, no validation) without warm-up
     and with the learning rate decaying from ``lr`` towards ``lr / 10``; it writes its files
-    under ``out_dir`` (default: a temporary directory). The AAM-softmax head starts as a copy
-    of ``head`` (the model's trained head) or, without one, is imprinted from the model's
-    embeddings at the first call; each later call goes on with the head the previous one
-    left. Pass the number of steps per stage as ``msft``'s ``train_cfg``. Returns the model
-    in eval mode.
+    under ``out_dir`` (default: a temporary directory). Every call starts its AAM-softmax head
+    afresh: a copy of ``head`` (the full-precision model's trained head, from
+    :func:`svlab.checkpoint.load_head`) or, without one, a head imprinted from the model as it
+    is at that call; a random head would undo what the short run is meant to recover. Pass the
+    number of steps per stage as ``msft``'s ``train_cfg``. Returns the model in eval mode.
 
     >>> fine_tuner(data_root="/no/corpus")
     Traceback (most recent call last):
@@ -176,7 +176,6 @@ def fine_tuner(
     )
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svlab-finetune-"))
     runs = [0]
-    heads = [copy.deepcopy(head) if head is not None else "imprint"]
 
     def trainer(steps: int, model: nn.Module) -> nn.Module:
         if not isinstance(steps, int) or steps < 1:
@@ -200,7 +199,8 @@ def fine_tuner(
             warmup_epochs=0,
             checkpoint_every=10**9,
         )
-        heads[0] = train(cfg, model=model, progress=False, head=heads[0]).head
+        start = copy.deepcopy(head) if head is not None else "imprint"
+        train(cfg, model=model, progress=False, head=start)
         return model.eval()
 
     return trainer
