@@ -180,3 +180,31 @@ def test_bad_bit_maps_and_orders():
     with pytest.raises(ValueError, match="lacks"):
         check_stages({"a": 1}, [["b"]])
     assert trainer.calls == []
+
+
+def test_fine_tuner_starts_each_call_from_a_copy_of_the_given_head(training_corpus, tmp_path):
+    from svlab.losses import AAMSoftmax
+    from svlab.models import build
+    from svlab.quant import quantize_model
+    from svlab.quant.msft import fine_tuner
+    from svlab.train import ConfigError
+
+    torch.manual_seed(0)
+    model = build("resnet18", base_width=2, depths=[1, 1, 1, 1], embed_dim=8)
+    head = AAMSoftmax(8, 4)  # the corpus's 4 training speakers
+    kept = head.weight.detach().clone()
+    tuner = fine_tuner(data_root=training_corpus, batch_size=4, crop_frames=20,
+                       out_dir=tmp_path / "ft", head=head)  # fmt: skip
+    quantized = quantize_model(model, 4)
+    latent = quantized.get_parameter("stem.0.0.parametrizations.weight.original")
+    before = latent.detach().clone()
+    for _ in range(2):
+        assert tuner(2, quantized) is quantized and not quantized.training
+    assert torch.equal(head.weight, kept) and not torch.equal(before, latent)
+    wrong = fine_tuner(data_root=training_corpus, batch_size=4, crop_frames=20,
+                       out_dir=tmp_path / "x", head=AAMSoftmax(8, 3))  # fmt: skip
+    with pytest.raises(ConfigError, match="this corpus has 4 speakers"):
+        wrong(1, quantized)
+    imprinting = fine_tuner(data_root=training_corpus, batch_size=4, crop_frames=20,
+                            out_dir=tmp_path / "i")  # fmt: skip
+    assert imprinting(1, quantized) is quantized
