@@ -192,3 +192,23 @@ def test_blockwise_gauss_newton_samples_are_never_negative():
     params = {"a": net[0].weight, "b": net[2].weight, "c": net[4].weight}
     for seed in range(5):
         assert all(t >= 0 for t in hutchinson_trace(loss, params, 1, seed).values())
+
+
+def test_reversible_models_get_true_second_derivatives_or_a_clear_error():
+    """A memory-saving reversible block has no double backward: the raw estimator refuses it
+    (instead of reading every earlier layer's Hessian block as zero), and
+    model_hessian_sensitivity caches through it, matching the plain model's traces."""
+    from svlab.models import build
+    from svlab.reversible import ReversibleSequence, set_memory_saving
+
+    torch.manual_seed(0)
+    model = build("rev_resnet18", base_width=4, embed_dim=8).eval()
+    assert any(isinstance(m, ReversibleSequence) for m in model.modules())
+    feats = torch.randn(2, 40, 80)
+    params = {n: p for n, p in model.named_parameters() if n == "stem.0.0.weight"}
+    with pytest.raises(ValueError, match="set_memory_saving"):
+        hutchinson_trace(embedding_distortion_loss(model, feats), params, n_samples=1)
+    table = model_hessian_sensitivity(model, feats, (2,), n_samples=2)
+    assert all(m.memory_saving for m in model.modules() if isinstance(m, ReversibleSequence))
+    plain = model_hessian_sensitivity(set_memory_saving(model, False), feats, (2,), n_samples=2)
+    assert table == plain and min(row[2] for row in table.values()) > 0

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from svlab.quant.quantize import quantize_model, quantizers
+from svlab.reversible import ReversibleSequence
 
 Quantizer = Callable[[Tensor, int], Tensor]
 
@@ -68,6 +69,7 @@ def hutchinson_trace(
     unused = [n for n, g in zip(names, grads, strict=True) if g is None]
     if unused:
         raise ValueError(f"the loss does not depend on parameters {unused}")
+    _check_twice_differentiable(grads)
     generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(len(tensors), dtype=torch.float64)
     for _ in range(n_samples):
@@ -88,6 +90,28 @@ def hutchinson_trace(
             if hv is not None:  # None: the gradient does not depend on the layer (zero block)
                 totals[i] += (v * hv).sum().double().cpu()
     return {name: float(t / n_samples) for name, t in zip(names, totals, strict=True)}
+
+
+def _check_twice_differentiable(grads: Sequence[Tensor]) -> None:
+    """Refuse gradients whose graph passes through a once-differentiable autograd function.
+
+    Such a function (a memory-saving reversible block, a checkpointed segment) cuts the graph
+    of its gradients: Hessian-vector products would come back empty and read as zero Hessian
+    blocks, silently, for every layer before it.
+    """
+    seen, stack = set(), [g.grad_fn for g in grads if g.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "Error":  # what @once_differentiable puts in the graph
+            raise ValueError(
+                "the loss's gradient passes through a function without second derivatives "
+                "(@once_differentiable: e.g. a memory-saving reversible block); switch it off "
+                "for the Hessian, e.g. svlab.reversible.set_memory_saving(model, False)"
+            )
+        stack.extend(next_node for next_node, _ in node.next_functions)
 
 
 def hessian_sensitivity(
@@ -199,6 +223,10 @@ def model_hessian_sensitivity(
     flags = {name: p.requires_grad for name, p in params.items()}
     for p in params.values():
         p.requires_grad_(True)
+    # reversible blocks recompute in a once-differentiable backward: cache for second derivatives
+    saving = {m: m.memory_saving for m in model.modules() if isinstance(m, ReversibleSequence)}
+    for module in saving:
+        module.memory_saving = False
     try:
         traces = hutchinson_trace(
             embedding_distortion_loss(model, features), params, n_samples, seed
@@ -206,6 +234,8 @@ def model_hessian_sensitivity(
     finally:
         for name, p in params.items():
             p.requires_grad_(flags[name])
+        for module, flag in saving.items():
+            module.memory_saving = flag
         model.train(was_training)
     return {
         name: {bits: traces[name] / params[name].numel() * err for bits, err in row.items()}
