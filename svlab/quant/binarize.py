@@ -9,15 +9,22 @@ plain binarization by a wide margin; the formulas below are svlab's reading of t
   ``||w - a * sign(w)||^2`` (XNOR-Net), so the binary layer keeps the weight's magnitude and
   the BatchNorm statistics that follow it stay roughly valid.
 - ``"adaptive"``: ``w_b = a * sign(w - t)``, with a scale ``a`` and a threshold ``t`` per output
-  channel (or per layer), both trainable parameters learned during fine-tuning, starting from
-  the static scale and ``t = 0``.
+  channel (or per layer) learned during fine-tuning, starting from the static scale and
+  ``t = 0``. The trainable parameters are ``log_scale`` (``a = exp(log_scale)``) and
+  ``threshold`` (``t / a``). In log space the scale stays positive and an optimizer step
+  changes it by a fraction of itself: Adam moves every parameter by about its learning rate,
+  which for a plain ``a`` would be a large part of a small layer's mean ``|w|`` (a first
+  version learning ``a`` directly ended worse than the static scheme). For the same reason the
+  threshold is learned relative to the scale.
 
 ``sign`` here maps 0 to +1, so every weight is one of two values. Gradients use the
 straight-through estimator of the clipped identity: ``d sign(u) / du = 1`` where ``|u| <= 1``,
-0 elsewhere. For the adaptive scheme ``u = (w - t) / a``, so the same rule gives ``a`` and ``t``
-their gradients; as in learned-step-size quantization (Esser et al. 2020) those gradients,
-sums over a whole group of weights, are scaled by ``1 / sqrt(weights per group)`` so that ``a``
-and ``t`` move at the pace of the latent weights under one learning rate.
+0 elsewhere, with ``u = w`` (sign, static) or ``u = w - t`` (adaptive): the latent weights of
+every scheme get the same gradient, and the adaptive scheme differs only in what it learns
+besides. ``a`` and ``t`` get their exact gradients through ``a * sign(...)`` and the
+straight-through one through ``sign``; as in learned-step-size quantization (Esser et al.
+2020) those gradients, sums over a whole group of weights, are scaled by
+``1 / sqrt(weights per group)`` so that under SGD they move at the pace of the latent weights.
 
 Storage is one bit per weight plus, per group, one fp32 scale (none for ``"sign"``); the
 threshold is needed only to decide the bits, so it is not stored. :func:`save_binary` writes
@@ -79,8 +86,10 @@ def _scaled_grad(x: Tensor, factor: float) -> Tensor:
 class Binarizer(nn.Module):
     """Parametrization turning a latent fp32 weight into a 1-bit weight (see module docstring).
 
-    ``scale`` and ``threshold`` have shape ``[groups, 1]``: one group per layer (``"tensor"``)
-    or per output channel (``"channel"``).
+    Scales and thresholds have shape ``[groups, 1]``: one group per layer (``"tensor"``) or
+    per output channel (``"channel"``). ``scale`` is a fixed buffer (static; None for sign)
+    or ``exp(log_scale)`` (adaptive); ``threshold`` is relative to the scale (0 but for
+    adaptive): read them with :meth:`magnitudes` and ``threshold``.
 
     >>> w = torch.tensor([[0.2, -0.4], [1.0, -3.0]])
     >>> Binarizer(w, "static", "channel")(w).tolist()
@@ -107,7 +116,7 @@ class Binarizer(nn.Module):
             raise ValueError(f"scale must have shape {(self.groups, 1)}, got {tuple(scale.shape)}")
         scale = scale.to(rows.device, rows.dtype)
         if scheme == "adaptive":
-            self.scale = nn.Parameter(scale.clone())
+            self.log_scale = nn.Parameter(scale.log())
             self.threshold = nn.Parameter(torch.zeros_like(scale))
         else:
             self.register_buffer("scale", scale.clone() if scheme == "static" else None)
@@ -120,6 +129,8 @@ class Binarizer(nn.Module):
 
     def magnitudes(self) -> Tensor | None:
         """The stored scales ``|a|``, ``[groups, 1]`` (``None`` for ``"sign"``): weight = +-|a|."""
+        if self.scheme == "adaptive":
+            return self.log_scale.detach().exp()
         return None if self.scale is None else self.scale.detach().abs()
 
     def forward(self, latent: Tensor) -> Tensor:
@@ -130,9 +141,9 @@ class Binarizer(nn.Module):
             binary = self.scale * sign_ste(rows)
         else:
             factor = rows.shape[1] ** -0.5
-            scale = _scaled_grad(self.scale, factor)
-            threshold = _scaled_grad(self.threshold, factor)
-            binary = scale * sign_ste((rows - threshold) / scale)
+            scale = _scaled_grad(self.log_scale, factor).exp()
+            threshold = scale * _scaled_grad(self.threshold, factor)
+            binary = scale * sign_ste(rows - threshold)
         return binary.reshape(latent.shape)
 
     def storage_bits(self, numel: int) -> int:
@@ -216,13 +227,12 @@ def track_binary(model: nn.Module) -> Iterator[list[dict]]:
             if not (module.training and torch.is_grad_enabled()):
                 return
             scale = module.magnitudes()
-            scale = torch.ones_like(module.threshold) if scale is None else scale
             log.append(
                 {
                     "layer": name,
                     "pass": passes.get(name, 0),
-                    "scale": float(scale.mean()),
-                    "threshold": float((module.threshold.detach() / scale).mean()),
+                    "scale": 1.0 if scale is None else float(scale.mean()),
+                    "threshold": float(module.threshold.detach().mean()),
                 }
             )
             passes[name] = passes.get(name, 0) + 1
@@ -295,7 +305,7 @@ def save_binary(path: str | os.PathLike, model: nn.Module) -> Path:
             "scheme": binarizer.scheme,
             "granularity": binarizer.granularity,
             "packed": torch.from_numpy(np.packbits(bits)),
-            "scale": None if binarizer.scale is None else binarizer.magnitudes().cpu().clone(),
+            "scale": None if binarizer.scheme == "sign" else binarizer.magnitudes().cpu().clone(),
         }
     return checkpoint.save(
         path, {"format": BINARY_FORMAT, "layers": layers, "state": _plain_state(model)}
