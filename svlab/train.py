@@ -96,6 +96,10 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     out_dir: str = ""  # empty: runs/<name>-<profile>
     stop_after_steps: int = 0  # stop early (as if interrupted); 0: run to the end
+    init_from: str = ""  # a model checkpoint to start from: its encoder, and its head if it fits
+    quantize_bits: int = 0  # 1..8: quantize every conv/linear weight, fine-tune through it
+    quantize_granularity: str = "tensor"  # tensor | channel (svlab.quant.quantize_model)
+    quantize_method: str = "kmeans"  # kmeans | uniform
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -482,6 +486,32 @@ def _use_global_batchnorm(module: nn.Module, on: bool) -> nn.Module:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _initial_model(
+    cfg: TrainConfig, head: AAMSoftmax | str | None, crops: SpeakerCrops
+) -> tuple[nn.Module, AAMSoftmax | str | None, str, dict]:
+    """The model :func:`train` builds: new, or ``cfg.init_from``'s (quantized if asked), with
+    the head to start from, the registry name and the overrides to save it under."""
+    name, overrides = cfg.model, dict(cfg.model_args)
+    if not cfg.init_from:
+        model = build(name, **overrides)
+    else:
+        saved = checkpoint.load(cfg.init_from)
+        model = checkpoint.load_model(cfg.init_from)
+        name, overrides = saved["model"], saved["overrides"]
+        if head is None:  # its own head if it was trained on these speakers, else imprint one
+            trained = checkpoint.load_head(cfg.init_from)
+            fits = trained is not None and trained.weight.shape[0] == crops.n_speakers
+            head = trained if fits else "imprint"
+    if cfg.quantize_bits:
+        from svlab.quant import quantize_model
+
+        model = quantize_model(
+            model, cfg.quantize_bits, granularity=cfg.quantize_granularity,
+            method=cfg.quantize_method,
+        )  # fmt: skip
+    return model, head, name, overrides
+
+
 def _training_head(
     head: AAMSoftmax | str | None, model: nn.Module, crops: SpeakerCrops, cfg: TrainConfig
 ) -> AAMSoftmax:
@@ -589,7 +619,12 @@ def train(
     ``checkpoint_every`` steps and at the end, atomically), ``history.csv`` (one row per
     ``log_every`` steps: loss, accuracy, lr, margin; plus validation EER rows),
     ``summary.json`` and, for a registry model that finished, ``model.pt``
-    (:func:`svlab.checkpoint.load_model` reads it). With ``resume`` it continues from
+    (:func:`svlab.checkpoint.load_model` reads it; the head is kept beside the encoder).
+    ``cfg.init_from`` starts from a saved model (and its head, when it was trained on the
+    same speakers; else an imprinted one); with ``cfg.quantize_bits`` the model is quantized
+    first (:func:`svlab.quant.quantize_model`), trained through its quantizers, and saved
+    packed as ``model.svq`` (:func:`svlab.quant.load_packed`): quantization-aware
+    fine-tuning from the command line. With ``resume`` it continues from
     ``checkpoint.pt`` and ends with exactly the weights of an uninterrupted run. Under
     ``torchrun`` each process trains on its share of every global batch (DDP).
 
@@ -633,8 +668,12 @@ def train(
     stop = min(total, cfg.stop_after_steps) if cfg.stop_after_steps else total
 
     built_here = model is None
+    if not built_here and (cfg.init_from or cfg.quantize_bits):
+        raise ConfigError("init_from and quantize_bits apply to the model train builds; "
+                          "a model was given: load or quantize it yourself")  # fmt: skip
+    name, overrides = cfg.model, cfg.model_args
     if built_here:
-        model = build(cfg.model, **cfg.model_args)
+        model, head, name, overrides = _initial_model(cfg, head, crops)
     head = _training_head(head, model, crops, cfg)
     net = SpeakerClassifier(model, head).to(device)
     if world > 1 and cfg.sync_batchnorm:  # before the optimizer: the swap makes new parameters
@@ -784,8 +823,12 @@ def train(
             **final,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        if built_here and step == total:
-            checkpoint.save_model(run_dir / "model.pt", model, cfg.model, cfg.model_args, **final)
+        if built_here and step == total and cfg.quantize_bits:
+            from svlab.quant import save_packed
+
+            save_packed(model, run_dir / "model.svq", name=name, overrides=overrides)
+        elif built_here and step == total:
+            checkpoint.save_model(run_dir / "model.pt", model, name, overrides, head=head, **final)
     return TrainResult(model, head, history, cfg, run_dir)
 
 

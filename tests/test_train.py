@@ -248,3 +248,31 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("modle = 'resnet34'\n")
     assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
     assert "unknown key 'modle'" in capsys.readouterr().err
+
+
+def test_cli_fine_tunes_a_saved_model_through_the_quantizer(corpus, tmp_path, capsys):
+    """`svlab train --set init_from=... --set quantize_bits=2`: starts from the saved encoder
+    and head, trains through 2-bit codebooks, writes a packed model that loads back."""
+    from svlab.cli import main
+    from svlab.quant import load_packed, quantizers
+
+    first = train(tiny_config(corpus, tmp_path / "fp32", epochs=2), progress=False)
+    saved = tmp_path / "fp32" / "model.pt"
+    assert checkpoint.load_head(saved).weight.shape == first.head.weight.shape
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"model = 'resnet18'\ndata_root = '{corpus}'\ncrop_frames = 20\n"
+                      "batch_size = 4\nepochs = 1\nlr = 0.01\neval_every = 0\n")  # fmt: skip
+    sets = [f"init_from='{saved}'", "quantize_bits=2", f"out_dir='{tmp_path / 'q'}'"]
+    argv = ["train", "--config", str(recipe), "--quiet"]
+    assert main(argv + [arg for s in sets for arg in ("--set", s)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    packed = load_packed(tmp_path / "q" / "model.svq", "resnet18")
+    assert len(quantizers(packed)) == len([p for p in first.model.parameters() if p.dim() > 1])
+    stem = packed.get_submodule("stem.0.0")
+    assert stem.weight.unique().numel() <= 4 and not (tmp_path / "q" / "model.pt").exists()
+    start = first.model.get_submodule("stem.0.0").weight.detach()
+    latent = stem.parametrizations.weight.original.detach()
+    similarity = torch.corrcoef(torch.stack([latent.flatten(), start.flatten()]))[0, 1]
+    assert not torch.equal(latent, start) and similarity > 0.9  # fine-tuned from the saved weights
+    with pytest.raises(ConfigError, match="a model was given"):
+        train(tiny_config(corpus, tmp_path / "x", quantize_bits=2), model=first.model)
