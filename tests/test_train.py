@@ -276,3 +276,16 @@ def test_cli_fine_tunes_a_saved_model_through_the_quantizer(corpus, tmp_path, ca
     assert not torch.equal(latent, start) and similarity > 0.9  # fine-tuned from the saved weights
     with pytest.raises(ConfigError, match="a model was given"):
         train(tiny_config(corpus, tmp_path / "x", quantize_bits=2), model=first.model)
+
+
+@pytest.mark.parametrize("profile", ["ci", "laptop", "gpu"])
+def test_every_shipped_recipe_reads_in_every_profile(profile):
+    from svlab.profiles import REPO_ROOT
+
+    recipes = sorted((REPO_ROOT / "configs").glob("*.toml"))
+    assert len(recipes) >= 8
+    for recipe in recipes:
+        cfg = TrainConfig.from_toml(recipe, profile)
+        assert cfg.profile == profile and cfg.epochs > 0, recipe.name
+        if cfg.init_from:
+            assert (REPO_ROOT / cfg.init_from).is_file(), recipe.name
