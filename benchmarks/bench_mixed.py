@@ -8,6 +8,7 @@ On the tutorial checkpoints (``checkpoints/tutorial_*.pt``) scored on the profil
    sizes in between), chosen by exact allocation from each sensitivity; no fine-tuning;
 3. one-shot vs MSFT at one mixed bit map: quantize everything then fine-tune, or quantize in
    stages (several orders) fine-tuning between stages, for the same total number of steps;
+   MSFT with the quantized layers frozen (the paper's) and trained on through the STE ("(STE)");
 4. 1-bit: sign, static, adaptive (and 1-bit k-means), before and after the same fine-tuning
    (at ``--binary-lr``);
 5. the time to allocate bits for a resnet34-sized model (6.6 M weights, 37 layers).
@@ -252,13 +253,18 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
         "shallow_to_deep", "deep_to_shallow", "sensitive_first", "sensitive_last"
     )
     n_stages = min(4, len(plan))
-    for order in orders:
+    variants = [(order, True) for order in orders] + [
+        (order, False) for order in ("shallow_to_deep", "sensitive_first")
+    ]
+    for order, freeze in variants:
         tuned, history = msft(
             model, plan, order, steps // n_stages, n_stages=n_stages, sensitivity=hessian,
-            trainer=tuner, eval_fn=None if args.quick else (lambda m: score(eval_set, m)),
+            trainer=tuner, freeze_quantized=freeze,
+            eval_fn=None if args.quick else (lambda m: score(eval_set, m)),
         )
-        record(f"mixed MSFT {order}", tuned, before, stages=[h["layers"] for h in history],
-               stage_eer=[h.get("eval") for h in history])
+        label = f"mixed MSFT {order}" + ("" if freeze else " (STE)")
+        record(label, tuned, before, stages=[h["layers"] for h in history],
+               stage_eer=[h.get("eval") for h in history], freeze_quantized=freeze)
     out["msft"] = {"bit_map": plan, "target_bytes": int(target), "runs": runs}
 
     binary = []
