@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--binary-lr", type=float, default=2e-3,
         help="learning rate for 1-bit models, whose latent weights must move far enough to flip",
     )
+    parser.add_argument(
+        "--binary-steps", type=int, help="fine-tuning steps of 1-bit models (default 240, quick 24)"
+    )
+    parser.add_argument(
+        "--only-binary", action="store_true",
+        help="rerun only the 1-bit comparison, replacing it in an existing --out file",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--crop-frames", type=int, default=100)
     parser.add_argument(
@@ -267,6 +274,13 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
                stage_eer=[h.get("eval") for h in history], freeze_quantized=freeze)
     out["msft"] = {"bit_map": plan, "target_bytes": int(target), "runs": runs}
 
+    out["binary"] = bench_binary(model, args, eval_set, binary_tuner)
+    return {name: out}
+
+
+def bench_binary(model: torch.nn.Module, args, eval_set: EvalSet, tuner) -> list[dict]:
+    """Each 1-bit scheme (and 1-bit k-means) before and after ``--binary-steps`` of fine-tuning."""
+    steps = args.binary_steps
     binary = []
     for scheme in ("sign", "static", "adaptive", "kmeans"):
         seed_everything(args.seed)
@@ -284,7 +298,7 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
         # batch statistics, and the running ones it ends with fit the binary weights
         note = "" if ptq is not None else "non-finite embeddings before fine-tuning"
         try:
-            tuned = binary_tuner(steps, quantized)
+            tuned = tuner(steps, quantized)
         except TrainingError as error:
             eer, note = None, f"fine-tuning failed: {error}"
         else:
@@ -295,8 +309,7 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
             {"scheme": scheme, "size_bytes": size, "eer_ptq": ptq, "eer": eer, "steps": steps,
              **({"note": note} if note else {}), **({"learned": learned} if learned else {})}
         )
-    out["binary"] = binary
-    return {name: out}
+    return binary
 
 
 def average_bits(model: torch.nn.Module, plan: dict[str, int]) -> float:
@@ -348,6 +361,7 @@ def print_tables(results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.steps = args.steps or (24 if args.quick else 60)
+    args.binary_steps = args.binary_steps or (24 if args.quick else 240)
     torch.set_num_threads(1)
     seed_everything(args.seed)
     profile = get_profile(args.profile)
@@ -363,12 +377,28 @@ def main(argv: list[str] | None = None) -> int:
     eval_set = EvalSet.from_corpus(root, max_seconds=3.0 if args.quick else None)
     results: dict = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "allocation": bench_allocation(args.quick),
+        "allocation": [] if args.only_binary else bench_allocation(args.quick),
         "models": {},
     }
+    if args.only_binary:
+        previous = json.loads(args.out.read_text())
+        previous["settings"].update(
+            {k: results["settings"][k] for k in ("binary_lr", "binary_steps")}
+        )
+        results = previous
     with tempfile.TemporaryDirectory() as workdir:
         for path in paths:
-            results["models"].update(bench_model(path, args, eval_set, root, workdir))
+            if args.only_binary:
+                tuner = fine_tuner(
+                    args.profile, data_root=root, lr=args.binary_lr, seed=args.seed,
+                    batch_size=args.batch_size, crop_frames=args.crop_frames,
+                    out_dir=Path(workdir) / path.stem, head=checkpoint.load_head(path),
+                )
+                model = checkpoint.load_model(path).eval()
+                binary = bench_binary(model, args, eval_set, tuner)
+                results["models"][path.stem]["binary"] = binary
+            else:
+                results["models"].update(bench_model(path, args, eval_set, root, workdir))
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
