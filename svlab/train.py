@@ -286,28 +286,8 @@ class SpeakerCrops:
             batch_size, generator=_generator(self.seed, epoch, index), dtype=torch.float64
         )
         chosen, starts = chosen[rank::world], starts[rank::world]
-        if self.features is not None:
-            crops = [
-                _crop(self.features[i].float(), self.crop_frames, s)
-                for i, s in zip(chosen.tolist(), starts.tolist(), strict=True)
-            ]
-            feats = torch.stack(crops)
-            feats = feats - feats.mean(dim=1, keepdim=True)
-        else:
-            samples = (self.crop_frames - 1) * HOP + WINDOW
-            waves = torch.stack(
-                [
-                    _crop(load_audio(self.paths[i]), samples, s)
-                    for i, s in zip(chosen.tolist(), starts.tolist(), strict=True)
-                ]
-            )
-            if self.dither:
-                noise = torch.randn(
-                    waves.shape, generator=_generator(self.seed, epoch, index, rank)
-                )
-                waves = waves + noise * (self.dither / 2**15)
-            feats = fbank(waves)
-        return feats, self.labels[chosen]
+        noise = _generator(self.seed, epoch, index, rank) if self.dither else None
+        return self._features(chosen.tolist(), starts.tolist(), noise), self.labels[chosen]
 
     def centre_crops(self, indices: list[int]) -> torch.Tensor:
         """fbank ``[len(indices), crop_frames, F]`` of the middle of each utterance, no dither.
@@ -315,13 +295,24 @@ class SpeakerCrops:
         >>> _example_crops().centre_crops([0, 1])[:, :, 0].tolist()
         [[-2.0, -1.0, 0.0, 1.0, 2.0], [-2.0, -1.0, 0.0, 1.0, 2.0]]
         """
+        return self._features(indices, [0.5] * len(indices))
+
+    def _features(
+        self, indices: list[int], starts: list[float], noise: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """fbank of one crop of each utterance, starting at ``starts`` (fractions of the slack);
+        audio crops get dither drawn from ``noise``, if given."""
+        pairs = zip(indices, starts, strict=True)
         if self.features is not None:
             feats = torch.stack(
-                [_crop(self.features[i].float(), self.crop_frames, 0.5) for i in indices]
+                [_crop(self.features[i].float(), self.crop_frames, s) for i, s in pairs]
             )
             return feats - feats.mean(dim=1, keepdim=True)
         samples = (self.crop_frames - 1) * HOP + WINDOW
-        return fbank(torch.stack([_crop(load_audio(self.paths[i]), samples, 0.5) for i in indices]))
+        waves = torch.stack([_crop(load_audio(self.paths[i]), samples, s) for i, s in pairs])
+        if noise is not None:
+            waves = waves + torch.randn(waves.shape, generator=noise) * (self.dither / 2**15)
+        return fbank(waves)
 
 
 def _example_crops() -> SpeakerCrops:
@@ -401,16 +392,11 @@ def imprint_head(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    embeddings = [
-        model(
-            crops.centre_crops(list(range(start, min(start + batch_size, len(crops.paths))))).to(
-                device
-            )
-        )
-        .float()
-        .cpu()
-        for start in range(0, len(crops.paths), batch_size)
-    ]
+    count = len(crops.paths)
+    embeddings = []
+    for start in range(0, count, batch_size):
+        feats = crops.centre_crops(list(range(start, min(start + batch_size, count))))
+        embeddings.append(model(feats.to(device)).float().cpu())
     model.train(was_training)
     return AAMSoftmax.imprinted(
         torch.cat(embeddings), crops.labels, crops.n_speakers, scale, margin
