@@ -97,21 +97,7 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> nn.Module:
     ``name``, when given, must match the architecture in the file; a checkpoint of another
     architecture fails with a message naming both.
     """
-    from svlab.models import build
-
-    ckpt = load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an svlab model checkpoint")
-    if name is not None and name != ckpt["model"]:
-        raise ValueError(f"{path} holds a {ckpt['model']!r} model, not {name!r}")
-    model = build(ckpt["model"], **ckpt["overrides"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"{path}: weights do not fit {ckpt['model']!r} with {ckpt['overrides']}: {err}"
-        ) from err
-    return model
+    return _model_from(_read_model_file(path), path, name)
 
 
 def load_head(path: str | os.PathLike) -> nn.Module | None:
@@ -126,11 +112,51 @@ def load_head(path: str | os.PathLike) -> nn.Module | None:
     >>> load_head(p).weight.shape
     torch.Size([5, 8])
     """
-    from svlab.losses import AAMSoftmax
+    return _head_from(_read_model_file(path))
 
+
+def load_trained(path: str | os.PathLike) -> tuple[nn.Module, nn.Module | None, str, dict]:
+    """Model, head (or None), registry name and overrides of a checkpoint, from one read:
+    what fine-tuning a saved model starts from.
+
+    >>> import tempfile, pathlib
+    >>> from svlab.models import build
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.pt"
+    >>> _ = save_model(p, build("resnet18", base_width=2, embed_dim=8), "resnet18",
+    ...                {"base_width": 2, "embed_dim": 8})
+    >>> model, head, name, overrides = load_trained(p)
+    >>> model.embed_dim, head, name, overrides
+    (8, None, 'resnet18', {'base_width': 2, 'embed_dim': 8})
+    """
+    ckpt = _read_model_file(path)
+    return _model_from(ckpt, path, None), _head_from(ckpt), ckpt["model"], ckpt["overrides"]
+
+
+def _read_model_file(path: str | os.PathLike) -> dict:
     ckpt = load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not an svlab model checkpoint")
+    return ckpt
+
+
+def _model_from(ckpt: dict, path: str | os.PathLike, name: str | None) -> nn.Module:
+    from svlab.models import build
+
+    if name is not None and name != ckpt["model"]:
+        raise ValueError(f"{path} holds a {ckpt['model']!r} model, not {name!r}")
+    model = build(ckpt["model"], **ckpt["overrides"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: weights do not fit {ckpt['model']!r} with {ckpt['overrides']}: {err}"
+        ) from err
+    return model
+
+
+def _head_from(ckpt: dict) -> nn.Module | None:
+    from svlab.losses import AAMSoftmax
+
     weight = ckpt.get("head")
     if weight is None:
         return None

@@ -481,11 +481,8 @@ def _initial_model(
     if not cfg.init_from:
         model = build(name, **overrides)
     else:
-        saved = checkpoint.load(cfg.init_from)
-        model = checkpoint.load_model(cfg.init_from)
-        name, overrides = saved["model"], saved["overrides"]
+        model, trained, name, overrides = checkpoint.load_trained(cfg.init_from)
         if head is None:  # its own head if it was trained on these speakers, else imprint one
-            trained = checkpoint.load_head(cfg.init_from)
             fits = trained is not None and trained.weight.shape[0] == crops.n_speakers
             head = trained if fits else "imprint"
     if cfg.quantize_bits:
