@@ -174,17 +174,21 @@ def finite_score(eval_set: EvalSet, model: torch.nn.Module) -> float | None:
         return None
 
 
+def make_tuner(path: Path, args, root: Path, out_dir: Path, lr: float):
+    """A ``fine_tuner`` for the checkpoint at ``path``: the bench's batch, crops and seed, at
+    ``lr``, starting from the checkpoint's trained AAM head."""
+    return fine_tuner(
+        args.profile, data_root=root, lr=lr, batch_size=args.batch_size,
+        crop_frames=args.crop_frames, seed=args.seed, out_dir=out_dir,
+        head=checkpoint.load_head(path),
+    )
+
+
 def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -> dict:
     name = path.stem
     model = checkpoint.load_model(path).eval()
-    settings = dict(
-        data_root=root, batch_size=args.batch_size, crop_frames=args.crop_frames,
-        seed=args.seed, head=checkpoint.load_head(path),
-    )
-    tuner = fine_tuner(args.profile, lr=args.lr, out_dir=Path(workdir) / name, **settings)
-    binary_tuner = fine_tuner(
-        args.profile, lr=args.binary_lr, out_dir=Path(workdir) / f"{name}-binary", **settings
-    )
+    tuner = make_tuner(path, args, root, Path(workdir) / name, args.lr)
+    binary_tuner = make_tuner(path, args, root, Path(workdir) / f"{name}-binary", args.binary_lr)
     out: dict = {"checkpoint": str(path), "weights": len(quantizable_names(model))}
     out["fp32"] = {"eer": score(eval_set, model), "size_bytes": model_size(model)}
     feats = calibration_batch(root, args, 16 if args.quick else 32)
@@ -395,11 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for path in paths:
             if args.only_binary:
-                tuner = fine_tuner(
-                    args.profile, data_root=root, lr=args.binary_lr, seed=args.seed,
-                    batch_size=args.batch_size, crop_frames=args.crop_frames,
-                    out_dir=Path(workdir) / path.stem, head=checkpoint.load_head(path),
-                )
+                tuner = make_tuner(path, args, root, Path(workdir) / path.stem, args.binary_lr)
                 model = checkpoint.load_model(path).eval()
                 binary = bench_binary(model, args, eval_set, tuner)
                 results["models"][path.stem]["binary"] = binary

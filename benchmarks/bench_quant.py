@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import json
 import os
@@ -29,7 +28,7 @@ from svlab.quant import (
     save_packed,
     sse,
 )
-from svlab.quant.finetune import finetune, finetune_config
+from svlab.quant.finetune import finetune, finetune_config, starting_head
 from svlab.quant.outliers import LSTMEncoder, with_outlier_inputs
 from svlab.train import TrainConfig, train
 
@@ -117,7 +116,7 @@ def eer_vs_bits(paths, eval_set, root, quick: bool, threads: int) -> list[dict]:
         fp32_eer = eval_set.score(fp32)["eer"]
         control = checkpoint.load_model(path)
         cfg = finetune_cfg(path, ckpt["model"], ckpt["overrides"], epochs, threads, root)
-        train(cfg, model=control, progress=False, head=copy.deepcopy(head) if head else "imprint")
+        train(cfg, model=control, progress=False, head=starting_head(head))
         base = {
             "model": path.stem,
             "fp32_eer": fp32_eer,

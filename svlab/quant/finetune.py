@@ -38,6 +38,16 @@ def finetune_config(cfg: Any, epochs: float = 2, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **{**FINETUNE_DEFAULTS, **rates, "epochs": epochs, **overrides})
 
 
+def starting_head(head: nn.Module | None) -> nn.Module | str:
+    """The ``head`` argument of ``svlab.train.train`` for fine-tuning: a copy of the model's
+    trained head (which stays unchanged), or ``"imprint"`` when there is none.
+
+    >>> starting_head(None)
+    'imprint'
+    """
+    return copy.deepcopy(head) if head is not None else "imprint"
+
+
 def finetune(
     model: nn.Module, cfg: Any, head: nn.Module | None = None, progress: bool = False
 ) -> nn.Module:
@@ -62,5 +72,5 @@ def finetune(
         raise ValueError("finetune needs a quantized model (see svlab.quant.quantize_model)")
     from svlab.train import train
 
-    train(cfg, model=model, progress=progress, head=copy.deepcopy(head) if head else "imprint")
+    train(cfg, model=model, progress=progress, head=starting_head(head))
     return model.eval()

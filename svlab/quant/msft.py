@@ -11,7 +11,6 @@ straight-through estimator (``freeze_quantized=False``).
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -171,7 +170,7 @@ def fine_tuner(
     svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
     """
     from svlab.profiles import get_profile
-    from svlab.quant.finetune import finetune_config
+    from svlab.quant.finetune import finetune_config, starting_head
     from svlab.train import SpeakerCrops, TrainConfig, train
 
     root = Path(data_root) if data_root else get_profile(profile).ensure_corpus()
@@ -204,8 +203,7 @@ def fine_tuner(
             warmup_epochs=0,
             checkpoint_every=10**9,
         )
-        start = copy.deepcopy(head) if head is not None else "imprint"
-        train(cfg, model=model, progress=False, head=start)
+        train(cfg, model=model, progress=False, head=starting_head(head))
         return model.eval()
 
     return trainer
