@@ -285,14 +285,26 @@ def app_server(notebook: Path = APP_NOTEBOOK, port: int | None = None, start_s: 
                 time.sleep(0.5)
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        stop_process_group(process)
         log.close()
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` and its group (kernels
+    included), SIGKILL after ``grace_s`` seconds; nothing if it has exited.
+
+    >>> sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    >>> stop_process_group(sleeper); sleeper.returncode == -signal.SIGTERM
+    True
+    """
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace_s)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from svlab.course import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "07_workbench.ipynb"
@@ -61,24 +61,6 @@ def playwright_api():
         yield api
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (kernels included), SIGKILL after 15 s."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab serving a copy of the notebook: yields (base url, token, log file)."""
@@ -86,7 +68,7 @@ def lab(tmp_path_factory):
         pytest.fail(f"{NOTEBOOK} is missing")
     work = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(work / "config"),
@@ -126,7 +108,7 @@ def lab(tmp_path_factory):
                 time.sleep(0.5)
         yield url, token, log
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 KERNEL_IDLE = """() => {
