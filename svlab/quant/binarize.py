@@ -300,12 +300,13 @@ def save_binary(path: str | os.PathLike, model: nn.Module) -> Path:
     for name, binarizer in found.items():
         latent = _latent(model, name)
         bits = binarizer.signs(latent).reshape(-1).cpu().numpy()
+        scale = binarizer.magnitudes()  # None for "sign"
         layers[name] = {
             "shape": list(latent.shape),
             "scheme": binarizer.scheme,
             "granularity": binarizer.granularity,
             "packed": torch.from_numpy(np.packbits(bits)),
-            "scale": None if binarizer.scheme == "sign" else binarizer.magnitudes().cpu().clone(),
+            "scale": None if scale is None else scale.cpu().clone(),
         }
     return checkpoint.save(
         path, {"format": BINARY_FORMAT, "layers": layers, "state": _plain_state(model)}
