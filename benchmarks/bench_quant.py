@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import os
@@ -110,12 +111,10 @@ def eer_vs_bits(paths, eval_set, root, quick: bool, threads: int) -> list[dict]:
     epochs = 1 if quick else 2
     rows = []
     for path in paths:
-        ckpt = checkpoint.load(path)
-        fp32 = checkpoint.load_model(path).eval()
-        head = checkpoint.load_head(path)
-        fp32_eer = eval_set.score(fp32)["eer"]
-        control = checkpoint.load_model(path)
-        cfg = finetune_cfg(path, ckpt["model"], ckpt["overrides"], epochs, threads, root)
+        fp32, head, name, overrides = checkpoint.load_trained(path)
+        fp32_eer = eval_set.score(fp32.eval())["eer"]
+        control = copy.deepcopy(fp32)
+        cfg = finetune_cfg(path, name, overrides, epochs, threads, root)
         train(cfg, model=control, progress=False, head=starting_head(head))
         base = {
             "model": path.stem,
@@ -135,9 +134,7 @@ def eer_vs_bits(paths, eval_set, root, quick: bool, threads: int) -> list[dict]:
                     "eer_before_ft": eval_set.score(quantized)["eer"],
                 }
                 if not quick or method == "kmeans":
-                    cfg = finetune_cfg(
-                        path, ckpt["model"], ckpt["overrides"], epochs, threads, root
-                    )
+                    cfg = finetune_cfg(path, name, overrides, epochs, threads, root)
                     start = time.perf_counter()
                     finetune(quantized, cfg, head=head)
                     row["ft_seconds"] = time.perf_counter() - start
