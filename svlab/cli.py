@@ -11,6 +11,8 @@ COMMAND_MODULES = [
     "svlab.tour",
     "svlab.train",
     "svlab.memory",
+    "svlab.evaluate",
+    "svlab.export",
 ]
 
 

@@ -12,8 +12,9 @@ rebuilds the exact tensor under the same name.
 
 - The ``b``-bit indices are the bit stream of :func:`svlab.quant.packed.pack_indices`, padded to
   whole groups of 8 indices (``b`` bytes each). The graph reads each group's bytes as one
-  int64 (Cast, Mul by powers of 256, ReduceSum), splits it into 8 indices (Div by powers of
-  ``2**b``, Mod ``2**b``) and drops the padding (Slice); 8-bit indices are the bytes (Cast).
+  int64 (Cast, then MatMul with the powers of 256: onnxruntime's int64 ReduceSum is not exact
+  past 2**53, which 7-bit groups reach), splits it into 8 indices (Div by powers of ``2**b``,
+  Mod ``2**b``) and drops the padding (Slice); 8-bit indices are the bytes themselves (Cast).
 - The codebook, one row per tensor or per output channel, is stored as it is for k-means; as
   each row's lowest level and step for uniform quantization (the graph computes
   ``low + i * step``, the float32 operations of :func:`svlab.quant.uniform.levels_from`); and
@@ -263,16 +264,14 @@ class _Graph:
         as_int = self.node("Cast", [packed], f"{q}/bytes", to=TensorProto.INT64)
         if b < 8:
             groups = self.constant(f"svlab::groups{b}", np.array([-1, b], dtype=np.int64))
-            powers = self.constant(f"svlab::bytes{b}", 256 ** np.arange(b - 1, -1, -1))
+            powers = self.constant(f"svlab::bytes{b}", 256 ** np.arange(b - 1, -1, -1)[:, None])
             shifts = self.constant(f"svlab::shifts{b}", 2 ** (b * np.arange(7, -1, -1)))
             levels = self.constant(f"svlab::levels{b}", np.array([2**b], dtype=np.int64))
             flat = self.constant("svlab::flat", np.array([-1], dtype=np.int64))
             zero = self.constant("svlab::zero", np.array([0], dtype=np.int64))
-            axis = self.constant("svlab::axis1", np.array([1], dtype=np.int64))
             count = self.constant(f"{q}/count", np.array([w.indices.numel()], dtype=np.int64))
             x = self.node("Reshape", [as_int, groups], f"{q}/groups")
-            x = self.node("Mul", [x, powers], f"{q}/scaled")
-            x = self.node("ReduceSum", [x, axis], f"{q}/words", keepdims=1)
+            x = self.node("MatMul", [x, powers], f"{q}/words")
             x = self.node("Div", [x, shifts], f"{q}/shifted")
             x = self.node("Mod", [x, levels], f"{q}/digits")
             x = self.node("Reshape", [x, flat], f"{q}/padded")
