@@ -1,6 +1,8 @@
-"""Log mel filterbank features (kaldi fbank), as speaker-verification recipes compute them."""
+"""Log mel filterbank features: kaldi fbank (svlab, wespeaker) and SpeechBrain's Fbank."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torchaudio.compliance.kaldi as kaldi
@@ -51,3 +53,97 @@ def fbank(
     if cmn:
         feats = feats - feats.mean(dim=1, keepdim=True)
     return feats
+
+
+def _mel_matrix(n_mels: int, n_fft: int, sample_rate: int, f_max: float) -> torch.Tensor:
+    """SpeechBrain's triangular mel filters ``[n_fft // 2 + 1, n_mels]``: centres equally spaced
+    in mel from 0 Hz to ``f_max``, each triangle as wide on both sides as its left band."""
+    mels = torch.linspace(0.0, 2595 * math.log10(1 + f_max / 700), n_mels + 2)
+    hz = 700 * (10 ** (mels / 2595) - 1)
+    band, centre = (hz[1:] - hz[:-1])[:-1], hz[1:-1]
+    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    slope = (freqs.repeat(n_mels, 1) - centre.repeat(n_fft // 2 + 1, 1).T) / band.repeat(
+        n_fft // 2 + 1, 1
+    ).T
+    return torch.clamp(torch.minimum(slope + 1.0, 1.0 - slope), min=0.0).T
+
+
+def speechbrain_fbank(
+    waves: torch.Tensor,
+    sample_rate: int = 16000,
+    n_mels: int = 80,
+    dither: float = 0.0,
+    cmn: bool = True,
+) -> torch.Tensor:
+    """SpeechBrain's ``Fbank(n_mels=80)`` and sentence mean normalisation, in plain torch: the
+    front end of ``spkrec-ecapa-voxceleb`` (not kaldi fbank).
+
+    Samples stay in [-1, 1]; a centred STFT (400-point FFT, 25 ms Hamming window, 10 ms hop,
+    zero padding) gives the power spectrum, triangular mel filters up to 8 kHz sum it, and
+    ``10 log10(max(., 1e-10))`` is clipped from below at 80 dB under each utterance's maximum;
+    then each utterance's mean vector is subtracted. ``dither`` adds Gaussian noise of that
+    standard deviation in 16-bit sample units (SpeechBrain's recipe uses none). The result
+    is ``[B, T, n_mels]`` with ``T = 1 + N // 160`` at 16 kHz.
+
+    >>> speechbrain_fbank(0.01 * torch.randn(2, 16000)).shape
+    torch.Size([2, 101, 80])
+    """
+    if waves.dim() == 1:
+        waves = waves.unsqueeze(0)
+    if waves.dim() != 2:
+        raise ValueError(
+            f"speechbrain_fbank expects waveforms [B, N] or [N], got shape {tuple(waves.shape)}"
+        )
+    n_fft, hop = round(0.025 * sample_rate), round(0.010 * sample_rate)
+    if waves.shape[1] <= n_fft // 2:
+        raise ValueError(
+            f"waveforms of {waves.shape[1]} samples are too short for a {n_fft}-point STFT"
+        )
+    waves = waves.float()
+    if dither:
+        waves = waves + dither / (1 << 15) * torch.randn_like(waves)
+    spec = torch.stft(
+        waves, n_fft, hop, n_fft, torch.hamming_window(n_fft), center=True, pad_mode="constant",
+        return_complex=True,
+    )  # fmt: skip
+    power = torch.view_as_real(spec).pow(2).sum(-1).transpose(1, 2)
+    mel = power @ _mel_matrix(n_mels, n_fft, sample_rate, sample_rate / 2)
+    db = 10 * torch.log10(torch.clamp(mel, min=1e-10))
+    feats = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - 80.0)
+    if cmn:
+        feats = feats - feats.mean(dim=1, keepdim=True)
+    return feats
+
+
+FRONT_ENDS = {"kaldi": fbank, "speechbrain": speechbrain_fbank}
+
+
+def front_end_of(model: torch.nn.Module) -> str:
+    """The name of the front end ``model`` was trained on: its ``front_end`` attribute (set by
+    the wespeaker and SpeechBrain variants, see :func:`svlab.models.load_pretrained`), else
+    ``"kaldi"``, the front end of every model svlab trains.
+
+    >>> from svlab.models import build
+    >>> front_end_of(build("resnet18", base_width=2)), front_end_of(build("ecapa_c1024_speechbrain",
+    ...     channels=8, scale=4, mfa_channels=16))
+    ('kaldi', 'speechbrain')
+    """
+    name = getattr(model, "front_end", "kaldi")
+    if name not in FRONT_ENDS:
+        raise ValueError(f"model front end {name!r} is unknown; known: {sorted(FRONT_ENDS)}")
+    return name
+
+
+def featurize(waves: torch.Tensor, front_end: str = "kaldi", cmn: bool = True) -> torch.Tensor:
+    """Features of ``waves`` by the front end called ``front_end`` (a key of ``FRONT_ENDS``).
+
+    >>> featurize(0.01 * torch.randn(16000), "speechbrain").shape
+    torch.Size([1, 101, 80])
+    >>> featurize(torch.zeros(16000), "mfcc")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown front end 'mfcc'; known: ['kaldi', 'speechbrain']
+    """
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"unknown front end {front_end!r}; known: {sorted(FRONT_ENDS)}")
+    return FRONT_ENDS[front_end](waves, cmn=cmn)

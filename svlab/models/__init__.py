@@ -2,9 +2,11 @@
 
 from svlab.models.dfresnet import DFResNet, InvertedBottleneck, dfresnet_stage
 from svlab.models.ecapa import ECAPATDNN
+from svlab.models.ecapa_sb import SpeechBrainECAPA
 from svlab.models.pooling import ASTP, TSTP, make_pooling
 from svlab.models.registry import arguments, available, build, count_parameters, register
 from svlab.models.resnet import BasicBlock, FbankResNet, ResNet, bins_after, conv_bn, resnet_stage
+from svlab.models.wespeaker import WespeakerECAPA, WespeakerResNet
 
 register("resnet18", depths=(2, 2, 2, 2))(ResNet)
 register("resnet34", depths=(3, 4, 6, 3))(ResNet)
@@ -13,6 +15,11 @@ register("dfresnet110", depths=(3, 3, 27, 3))(DFResNet)
 register("dfresnet233", depths=(3, 8, 63, 3))(DFResNet)
 register("ecapa_c512", channels=512)(ECAPATDNN)
 register("ecapa_c1024", channels=1024)(ECAPATDNN)
+register("resnet18_wespeaker", depths=(2, 2, 2, 2))(WespeakerResNet)
+register("resnet34_wespeaker", depths=(3, 4, 6, 3))(WespeakerResNet)
+register("ecapa_c512_wespeaker", channels=512)(WespeakerECAPA)
+register("ecapa_c1024_wespeaker", channels=1024)(WespeakerECAPA)
+register("ecapa_c1024_speechbrain", channels=1024, mfa_channels=3072)(SpeechBrainECAPA)
 
 __all__ = [
     "ASTP",
@@ -23,12 +30,16 @@ __all__ = [
     "FbankResNet",
     "InvertedBottleneck",
     "ResNet",
+    "SpeechBrainECAPA",
+    "WespeakerECAPA",
+    "WespeakerResNet",
     "arguments",
     "available",
     "bins_after",
     "build",
     "conv_bn",
     "count_parameters",
+    "load_pretrained",
     "dfresnet_stage",
     "make_pooling",
     "register",
@@ -36,3 +47,4 @@ __all__ = [
 ]
 
 import svlab.reversible  # noqa: E402, F401  (registers rev_resnet18/34, rev_dfresnet56/110/233)
+from svlab.models.pretrained import load_pretrained  # noqa: E402

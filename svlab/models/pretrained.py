@@ -1,0 +1,390 @@
+"""Loading wespeaker and SpeechBrain checkpoints: source from the keys, config from the shapes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from svlab import checkpoint
+from svlab.losses import AAMSoftmax
+from svlab.models.registry import build
+
+SOURCES = ("wespeaker", "speechbrain")
+_PREFIXES = ("module.", "front.")
+
+
+class PretrainedError(ValueError):
+    """A file that is not a usable wespeaker / SpeechBrain / svlab checkpoint (names file, key)."""
+
+
+class Pretrained(NamedTuple):
+    """What :func:`read_pretrained` gives: the model (eval mode), the AAM head it was trained
+    with (wespeaker's ``projection.weight``; None if the file has none), the registry name and
+    overrides that rebuild it (``svlab.models.build(name, **overrides)``), and its source."""
+
+    model: nn.Module
+    head: AAMSoftmax | None
+    name: str
+    overrides: dict
+    source: str
+
+
+def load_pretrained(path: str | os.PathLike, source: str | None = None) -> nn.Module:
+    """The speaker encoder in a wespeaker ``avg_model.pt``, a SpeechBrain
+    ``embedding_model.ckpt`` or an svlab model checkpoint, as an svlab model in eval mode.
+
+    The toolkit (``source``: ``"wespeaker"`` or ``"speechbrain"``) and the architecture are
+    recognised from the keys, the channel configuration is read from the tensor shapes, and
+    ``module.`` / ``front.`` prefixes are stripped. The model's ``front_end`` attribute names
+    the features it was trained on (:func:`svlab.features.front_end_of`). Bad files raise
+    :class:`PretrainedError` naming the file and the first offending key.
+
+    >>> import tempfile, pathlib
+    >>> from svlab.models import build
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "avg_model.pt"
+    >>> net = build("resnet34_wespeaker", base_width=2, embed_dim=8)
+    >>> torch.save(export_state(net), p)
+    >>> model = load_pretrained(p); model.embed_dim, model.front_end
+    (8, 'kaldi')
+    >>> torch.save({"encoder.w": torch.ones(1)}, p); load_pretrained(p)
+    Traceback (most recent call last):
+    ...
+    svlab.models.pretrained.PretrainedError: ...avg_model.pt: no known architecture has ...
+    """
+    return read_pretrained(path, source).model
+
+
+def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretrained:
+    """:func:`load_pretrained`'s model with its head, registry name, overrides and source.
+
+    >>> import tempfile, pathlib
+    >>> from svlab.models import build
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "embedding_model.ckpt"
+    >>> torch.save(export_state(build("ecapa_c1024_speechbrain", channels=8, scale=4,
+    ...     mfa_channels=16, embed_dim=4)), p)
+    >>> loaded = read_pretrained(p)
+    >>> loaded.name, loaded.source, loaded.overrides["mfa_channels"], loaded.head
+    ('ecapa_c1024_speechbrain', 'speechbrain', 16, None)
+    """
+    path = Path(path)
+    if source is not None and source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES} or None, got {source!r}")
+    state = _read(path)
+    if state.get("format") == checkpoint.MODEL_FORMAT:
+        model, head, name, overrides = checkpoint.load_trained(path)
+        return Pretrained(model.eval(), head, name, overrides, "svlab")
+    state = _strip_prefixes(state, path)
+    arch = _detect(state, path, source)
+    name, overrides = arch.config(_Keys(state, path))
+    model = build(name, **overrides)
+    head = _load(model, state, arch, name, path)
+    return Pretrained(model.eval(), head, name, overrides, arch.source)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read(path: Path) -> dict:
+    try:
+        state = checkpoint.load(path)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        raise PretrainedError(
+            f"{path} cannot be read as a weights-only PyTorch file (truncated, or not written "
+            f"by torch.save of tensors): {str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(state, dict):
+        raise PretrainedError(f"{path} is not a state dict: it holds a {type(state).__name__}")
+    if state.get("format") == checkpoint.MODEL_FORMAT:
+        return state
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise PretrainedError(
+                f"{path} is not a state dict: {key!r} holds a {type(value).__name__}, not a tensor"
+            )
+    return state
+
+
+def _strip_prefixes(state: dict, path: Path) -> dict:
+    stripped = {}
+    for key, value in state.items():
+        new = key
+        while new.startswith(_PREFIXES):
+            new = new.split(".", 1)[1]
+        if new in stripped:
+            raise PretrainedError(f"{path}: {key!r} and another key both mean {new!r}")
+        stripped[new] = value
+    return stripped
+
+
+class _Keys:
+    """A state dict whose missing keys raise :class:`PretrainedError` naming the file."""
+
+    def __init__(self, state: dict, path: Path) -> None:
+        self.state, self.path = state, path
+
+    def shape(self, key: str, dim: int) -> int:
+        if key not in self.state:
+            raise PretrainedError(f"{self.path}: key {key!r} is missing")
+        return self.state[key].shape[dim]
+
+    def count(self, pattern: str) -> int:
+        """How many distinct values the first group of ``pattern`` takes over the keys."""
+        return len({m.group(1) for k in self.state if (m := re.fullmatch(pattern, k))})
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+class _Arch(NamedTuple):
+    source: str
+    description: str
+    signature: tuple[str, ...]  # keys that identify it
+    config: Callable[[_Keys], tuple[str, dict]]
+    rules: tuple[tuple, ...]  # (toolkit key template, svlab key template[, 1x1 conv])
+
+
+def _wespeaker_resnet(keys: _Keys) -> tuple[str, dict]:
+    depths = tuple(keys.count(rf"layer{s}\.(\d+)\..*") for s in (1, 2, 3, 4))
+    width = keys.shape("conv1.weight", 0)
+    stats = keys.shape("seg_1.weight", 1) // 2
+    feat_dim = stats // (8 * width) * 8
+    overrides = dict(base_width=width, feat_dim=feat_dim, embed_dim=keys.shape("seg_1.weight", 0))
+    if depths == (2, 2, 2, 2):
+        return "resnet18_wespeaker", overrides
+    return "resnet34_wespeaker", dict(overrides, depths=depths)
+
+
+def _wespeaker_ecapa(keys: _Keys) -> tuple[str, dict]:
+    channels = keys.shape("layer1.conv.weight", 0)
+    mfa = keys.shape("conv.weight", 0)
+    block = "layer2.se_res2block"
+    overrides = dict(
+        channels=channels,
+        feat_dim=keys.shape("layer1.conv.weight", 1),
+        embed_dim=keys.shape("linear.weight", 0),
+        scale=keys.count(rf"{block}\.1\.convs\.(\d+)\..*") + 1,
+        se_channels=keys.shape(f"{block}.3.linear1.weight", 0),
+        mfa_channels=mfa,
+        attention_channels=keys.shape("pool.linear1.weight", 0),
+        global_context=keys.shape("pool.linear1.weight", 1) == 3 * mfa,
+    )
+    return ("ecapa_c1024_wespeaker" if channels == 1024 else "ecapa_c512_wespeaker"), overrides
+
+
+def _speechbrain_ecapa(keys: _Keys) -> tuple[str, dict]:
+    n_blocks = keys.count(r"blocks\.(\d+)\.tdnn1\..*")
+    layers = [f"blocks.{i}.tdnn1" for i in range(1, n_blocks + 1)]
+    widths = [keys.shape("blocks.0.conv.conv.weight", 0)]
+    widths += [keys.shape(f"{layer}.conv.conv.weight", 0) for layer in layers]
+    kernels = [keys.shape("blocks.0.conv.conv.weight", 2)]
+    kernels += [keys.shape(f"blocks.{i}.res2net_block.blocks.0.conv.conv.weight", 2)
+                for i in range(1, n_blocks + 1)]  # fmt: skip
+    kernels.append(keys.shape("mfa.conv.conv.weight", 2))
+    mfa = keys.shape("mfa.conv.conv.weight", 0)
+    uniform = len(set(widths)) == 1 and n_blocks == 3
+    overrides = dict(
+        channels=widths[0] if uniform else widths,
+        feat_dim=keys.shape("blocks.0.conv.conv.weight", 1),
+        embed_dim=keys.shape("fc.conv.weight", 0),
+        scale=keys.count(r"blocks\.1\.res2net_block\.blocks\.(\d+)\..*") + 1,
+        se_channels=keys.shape("blocks.1.se_block.conv1.conv.weight", 0),
+        mfa_channels=mfa,
+        attention_channels=keys.shape("asp.tdnn.conv.conv.weight", 0),
+        global_context=keys.shape("asp.tdnn.conv.conv.weight", 1) == 3 * mfa,
+    )
+    if kernels != [5] + [3] * n_blocks + [1]:
+        overrides["kernel_sizes"] = kernels
+    return "ecapa_c1024_speechbrain", overrides
+
+
+# Each rule pairs a key template of the toolkit with svlab's: ``{p}`` is a parameter or buffer
+# name, other placeholders are integers, ``{i-1}`` is one less than the toolkit's ``{i}``; a
+# third element True marks a 1x1 convolution the toolkit stores for svlab's linear layer.
+_WESPEAKER_RESNET = (
+    ("conv1.weight", "stem.0.0.weight"),
+    ("bn1.{p}", "stem.0.1.{p}"),
+    ("layer{s}.{b}.conv1.weight", "stages.{s-1}.{b}.branch.0.0.weight"),
+    ("layer{s}.{b}.bn1.{p}", "stages.{s-1}.{b}.branch.0.1.{p}"),
+    ("layer{s}.{b}.conv2.weight", "stages.{s-1}.{b}.branch.2.0.weight"),
+    ("layer{s}.{b}.bn2.{p}", "stages.{s-1}.{b}.branch.2.1.{p}"),
+    ("layer{s}.{b}.shortcut.0.weight", "stages.{s-1}.{b}.shortcut.0.weight"),
+    ("layer{s}.{b}.shortcut.1.{p}", "stages.{s-1}.{b}.shortcut.1.{p}"),
+    ("seg_1.{p}", "embedding.{p}"),
+)
+_WESPEAKER_ECAPA = (
+    ("layer1.conv.{p}", "stem.conv.{p}"),
+    ("layer1.bn.{p}", "stem.bn.{p}"),
+    *(
+        (f"layer{{k}}.se_res2block.{i}.{m}.{{p}}", f"blocks.{{k-2}}.branch.{i}.{m}.{{p}}")
+        for i in (0, 2)
+        for m in ("conv", "bn")
+    ),
+    ("layer{k}.se_res2block.1.convs.{j}.{p}", "blocks.{k-2}.branch.1.convs.{j}.conv.{p}"),
+    ("layer{k}.se_res2block.1.bns.{j}.{p}", "blocks.{k-2}.branch.1.convs.{j}.bn.{p}"),
+    ("layer{k}.se_res2block.3.linear1.{p}", "blocks.{k-2}.branch.3.gate.0.{p}"),
+    ("layer{k}.se_res2block.3.linear2.{p}", "blocks.{k-2}.branch.3.gate.2.{p}"),
+    ("conv.{p}", "mfa.{p}"),
+    ("pool.linear1.{p}", "pool.attention.0.{p}"),
+    ("pool.linear2.{p}", "pool.attention.2.{p}"),
+    ("bn.{p}", "bn.{p}"),
+    ("linear.{p}", "embedding.{p}"),
+)
+_SB_TDNN = (("conv.conv.{p}", "conv.{p}"), ("norm.norm.{p}", "bn.{p}"))
+_SPEECHBRAIN_ECAPA = (
+    *((f"blocks.0.{src}", f"stem.{dst}") for src, dst in _SB_TDNN),
+    *(
+        (f"blocks.{{i}}.{t}.{src}", f"blocks.{{i-1}}.{t}.{dst}")
+        for t in ("tdnn1", "tdnn2")
+        for src, dst in _SB_TDNN
+    ),
+    *(
+        (f"blocks.{{i}}.res2net_block.blocks.{{j}}.{src}", f"blocks.{{i-1}}.res2.convs.{{j}}.{dst}")
+        for src, dst in _SB_TDNN
+    ),
+    ("blocks.{i}.se_block.conv1.conv.{p}", "blocks.{i-1}.se.gate.0.{p}", True),
+    ("blocks.{i}.se_block.conv2.conv.{p}", "blocks.{i-1}.se.gate.2.{p}", True),
+    ("blocks.{i}.shortcut.conv.{p}", "blocks.{i-1}.shortcut.{p}"),
+    *((f"mfa.{src}", f"mfa.{dst}") for src, dst in _SB_TDNN),
+    *((f"asp.tdnn.{src}", f"pool.tdnn.{dst}") for src, dst in _SB_TDNN),
+    ("asp.conv.conv.{p}", "pool.conv.{p}"),
+    ("asp_bn.norm.{p}", "bn.{p}"),
+    ("fc.conv.{p}", "embedding.{p}", True),
+)
+
+_ARCHS = (
+    _Arch("wespeaker", "wespeaker ResNet (BasicBlock, one embedding layer)",
+          ("conv1.weight", "seg_1.weight"), _wespeaker_resnet, _WESPEAKER_RESNET),
+    _Arch("wespeaker", "wespeaker ECAPA-TDNN", ("layer1.conv.weight", "linear.weight"),
+          _wespeaker_ecapa, _WESPEAKER_ECAPA),
+    _Arch("speechbrain", "SpeechBrain ECAPA_TDNN", ("blocks.0.conv.conv.weight", "fc.conv.weight"),
+          _speechbrain_ecapa, _SPEECHBRAIN_ECAPA),
+)  # fmt: skip
+
+
+def _detect(state: dict, path: Path, source: str | None) -> _Arch:
+    for arch in _ARCHS:
+        if (source is None or arch.source == source) and all(k in state for k in arch.signature):
+            return arch
+    first = next(iter(state), None)
+    known = "; ".join(f"{a.description}: {', '.join(a.signature)}" for a in _ARCHS)
+    where = f" of {source}" if source else ""
+    raise PretrainedError(
+        f"{path}: no known architecture{where} has the key {first!r} (a known one has: {known})"
+    )
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """``"layer{s}.{b}.bn1.{p}"`` as a regex with a group per placeholder (offsets ignored)."""
+    parts = re.split(r"\{(\w)(?:[+-]\d+)?\}", template)
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>{'[a-z_]+' if part == 'p' else '[0-9]+'})"
+        for i, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
+def _translate(key: str, source: str, target: str) -> str | None:
+    """``key`` written by template ``source`` rewritten with template ``target``, or None."""
+    match = _template_regex(source).fullmatch(key)
+    if match is None:
+        return None
+    offsets = dict(re.findall(r"\{(\w)([+-]\d+)?\}", source))
+    values = {
+        name: value if name == "p" else int(value) - int(offsets.get(name) or 0)
+        for name, value in match.groupdict().items()
+    }
+
+    def fill(m: re.Match) -> str:
+        value = values[m[1]]
+        return value if m[1] == "p" else str(value + int(m[2] or 0))
+
+    return re.sub(r"\{(\w)([+-]\d+)?\}", fill, target)
+
+
+def _rename(key: str, rules: tuple[tuple, ...], reverse: bool = False) -> tuple[str, bool] | None:
+    """The key ``key`` maps to (svlab's, or the toolkit's when ``reverse``) and whether the
+    toolkit stores it as a 1x1 convolution; None if no rule matches."""
+    for rule in rules:
+        source, target = (rule[1], rule[0]) if reverse else (rule[0], rule[1])
+        new = _translate(key, source, target)
+        if new is not None:
+            return new, len(rule) > 2
+    return None
+
+
+def _load(model: nn.Module, state: dict, arch: _Arch, name: str, path: Path) -> AAMSoftmax | None:
+    """Copy ``state`` into ``model`` key by key; the head, if any, comes back separately."""
+    target = model.state_dict()
+    mapped, head = {}, None
+    for key, value in state.items():
+        if key == "projection.weight" and arch.source == "wespeaker":
+            if value.dim() != 2 or value.shape[1] != model.embed_dim:
+                raise PretrainedError(
+                    f"{path}: 'projection.weight' has shape {list(value.shape)}, not "
+                    f"[speakers, {model.embed_dim}] for the AAM head"
+                )
+            head = AAMSoftmax(model.embed_dim, value.shape[0])
+            with torch.no_grad():
+                head.weight.copy_(value)
+            continue
+        renamed = _rename(key, arch.rules)
+        if renamed is None or renamed[0] not in target:
+            raise PretrainedError(f"{path}: key {key!r} has no place in a {arch.description}")
+        new, conv1x1 = renamed
+        if value.shape != target[new].shape:
+            if conv1x1 and value.shape == (*target[new].shape, 1):
+                value = value.squeeze(-1)
+            else:
+                raise PretrainedError(
+                    f"{path}: {key!r} has shape {list(value.shape)}, but {name} with the "
+                    f"configuration read from the file expects {list(target[new].shape)}"
+                )
+        mapped[new] = value
+    missing = [k for k in target if k not in mapped]
+    if missing:
+        raise PretrainedError(f"{path}: the {arch.description} lacks a tensor for {missing[0]!r}")
+    model.load_state_dict(mapped)
+    return head
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def export_state(model: nn.Module, head: AAMSoftmax | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s weights in its toolkit's key naming (the inverse of :func:`load_pretrained`):
+    what the toolkit's own ``state_dict()`` would hold, with ``head`` as wespeaker's
+    ``projection.weight``. For stand-ins in the toolkits' formats, and for tests.
+
+    >>> from svlab.models import build
+    >>> state = export_state(build("resnet18_wespeaker", base_width=2, embed_dim=4),
+    ...                      head=AAMSoftmax(4, 3))
+    >>> [k for k in state if not k.startswith("layer")]  # doctest: +NORMALIZE_WHITESPACE
+    ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
+     'bn1.num_batches_tracked', 'seg_1.weight', 'seg_1.bias', 'projection.weight']
+    """
+    from svlab.models.ecapa_sb import SpeechBrainECAPA
+    from svlab.models.wespeaker import WespeakerECAPA, WespeakerResNet
+
+    rules = {WespeakerResNet: _WESPEAKER_RESNET, WespeakerECAPA: _WESPEAKER_ECAPA,
+             SpeechBrainECAPA: _SPEECHBRAIN_ECAPA}.get(type(model))  # fmt: skip
+    if rules is None:
+        raise ValueError(f"{type(model).__name__} has no wespeaker or SpeechBrain counterpart")
+    if head is not None and type(model) is SpeechBrainECAPA:
+        raise ValueError("SpeechBrain keeps its classifier outside embedding_model.ckpt")
+    state = {}
+    for key, value in model.state_dict().items():
+        new, conv1x1 = _rename(key, rules, reverse=True)
+        state[new] = value.unsqueeze(-1) if conv1x1 and key.endswith("weight") else value
+    if head is not None:
+        state["projection.weight"] = head.weight.detach().clone()
+    return state
