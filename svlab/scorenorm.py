@@ -38,7 +38,8 @@ def mean_cosine_scores(
     >>> mean_cosine_scores(emb, [("a", "b")], torch.tensor([1.0, 1.0])).round(4).tolist()
     [0.0]
     """
-    return cosine_scores({key: value - mean for key, value in embeddings.items()}, pairs)
+    mean = mean.double()
+    return cosine_scores({key: value.double() - mean for key, value in embeddings.items()}, pairs)
 
 
 def cohort_statistics(
@@ -81,9 +82,11 @@ def as_norm_scores(
     [0.9095]
     """
     pairs = list(pairs)
+    embeddings = {key: value.double() for key, value in embeddings.items()}
+    cohort = cohort.double()
     if mean is not None:
-        embeddings = {key: value - mean for key, value in embeddings.items()}
-        cohort = cohort - mean
+        embeddings = {key: value - mean.double() for key, value in embeddings.items()}
+        cohort = cohort - mean.double()
     keys = sorted({key for pair in pairs for key in pair})
     raw = cosine_scores(embeddings, pairs)
     means, stds = cohort_statistics(torch.stack([embeddings[k] for k in keys]), cohort, top_n)
