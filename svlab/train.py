@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from svlab import checkpoint
 from svlab.data import load_audio, read_train_list, wav_dir
 from svlab.evaluate import EvalSet
-from svlab.features import fbank
+from svlab.features import featurize, front_end_of
 from svlab.losses import AAMSoftmax, margin_ramp
 from svlab.models import build
 from svlab.optim import make_optimizer
@@ -203,6 +203,8 @@ class SpeakerCrops:
     them; otherwise crops are cut from the audio and featurized with dither, which here is
     Gaussian noise of ``dither`` (in 16-bit sample units) added to the crop before fbank.
     Mean normalisation is applied per crop, as when featurizing the crop's audio.
+    ``front_end`` names the features (``svlab.features.FRONT_ENDS``): kaldi fbank, or the
+    front end a loaded model was trained on.
     """
 
     def __init__(
@@ -213,12 +215,13 @@ class SpeakerCrops:
         seed: int = 0,
         features: list[torch.Tensor] | None = None,
         dither: float = 0.0,
+        front_end: str = "kaldi",
     ) -> None:
         if not paths:
             raise ValueError("no training utterances")
         self.paths, self.labels = paths, torch.tensor(labels)
         self.crop_frames, self.seed = crop_frames, seed
-        self.features, self.dither = features, dither
+        self.features, self.dither, self.front_end = features, dither, front_end
 
     @classmethod
     def from_corpus(
@@ -228,6 +231,7 @@ class SpeakerCrops:
         seed: int = 0,
         precompute: bool = True,
         dither: float = 0.0,
+        front_end: str = "kaldi",
     ) -> SpeakerCrops:
         """Read ``root/train.txt`` (``<speaker> <path under wav/>`` per line).
 
@@ -247,11 +251,13 @@ class SpeakerCrops:
         labels = [speakers[u.speaker] for u in utterances]
         features = None
         if precompute:
-            key = (str(listing.resolve()), listing.stat().st_mtime_ns)
+            key = (str(listing.resolve()), listing.stat().st_mtime_ns, front_end)
             if key not in _FEATURE_CACHE:
-                _FEATURE_CACHE[key] = [fbank(load_audio(p), cmn=False)[0].half() for p in paths]
+                _FEATURE_CACHE[key] = [
+                    featurize(load_audio(p), front_end, cmn=False)[0].half() for p in paths
+                ]
             features = _FEATURE_CACHE[key]
-        return cls(paths, labels, crop_frames, seed, features, dither)
+        return cls(paths, labels, crop_frames, seed, features, dither, front_end)
 
     @property
     def n_speakers(self) -> int:
@@ -312,7 +318,7 @@ class SpeakerCrops:
         waves = torch.stack([_crop(load_audio(self.paths[i]), samples, s) for i, s in pairs])
         if noise is not None:
             waves = waves + torch.randn(waves.shape, generator=noise) * (self.dither / 2**15)
-        return fbank(waves)
+        return featurize(waves, self.front_end)
 
 
 def _example_crops() -> SpeakerCrops:
@@ -480,8 +486,10 @@ def _initial_model(
     name, overrides = cfg.model, dict(cfg.model_args)
     if not cfg.init_from:
         model = build(name, **overrides)
-    else:
-        model, trained, name, overrides = checkpoint.load_trained(cfg.init_from)
+    else:  # an svlab checkpoint, or a wespeaker / SpeechBrain one (wespeaker's head comes along)
+        from svlab.models.pretrained import read_pretrained
+
+        model, trained, name, overrides, _ = read_pretrained(cfg.init_from)
         if head is None:  # its own head if it was trained on these speakers, else imprint one
             fits = trained is not None and trained.weight.shape[0] == crops.n_speakers
             head = trained if fits else "imprint"
@@ -657,6 +665,11 @@ def train(
     name, overrides = cfg.model, cfg.model_args
     if built_here:
         model, head, name, overrides = _initial_model(cfg, head, crops)
+    front_end = front_end_of(model)
+    if front_end != crops.front_end:  # e.g. a SpeechBrain model: crops of its own features
+        crops = SpeakerCrops.from_corpus(
+            root, cfg.crop_frames, cfg.seed, cfg.precompute_features, cfg.dither, front_end
+        )
     head = _training_head(head, model, crops, cfg)
     net = SpeakerClassifier(model, head).to(device)
     if world > 1 and cfg.sync_batchnorm:  # before the optimizer: the swap makes new parameters

@@ -1,6 +1,8 @@
 """Tests for svlab.models.load_pretrained and the front ends: wespeaker's own outputs (fixtures)
 and SpeechBrain's ECAPA_TDNN and Fbank as references; bad files; the path through svlab."""
 
+import dataclasses
+import json
 import zipfile
 from pathlib import Path
 
@@ -9,9 +11,14 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 from svlab import checkpoint
-from svlab.features import fbank, front_end_of, speechbrain_fbank
+from svlab.data import load_audio
+from svlab.evaluate import EvalSet
+from svlab.features import fbank, featurize, front_end_of, speechbrain_fbank
+from svlab.losses import AAMSoftmax
 from svlab.models import build, load_pretrained
 from svlab.models.pretrained import PretrainedError, export_state, read_pretrained
+from svlab.quant import quantize_model
+from svlab.train import TrainConfig, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RESNET_FILE = FIXTURES / "wespeaker_resnet34_m4_avg_model.pt"
@@ -116,7 +123,7 @@ def test_export_inverts_the_wespeaker_mapping():
     assert all(torch.equal(exported[k], v) for k, v in state.items())
 
 
-def test_kaldi_front_end_is_wespekers():
+def test_kaldi_front_end_is_wespeakers():
     """svlab.features.fbank equals wespeaker's compute_fbank + CMN (dither 0 at test time)."""
     wave = 0.1 * torch.randn(16000 + 123, generator=torch.Generator().manual_seed(1))
     ref = kaldi.fbank(
@@ -282,3 +289,134 @@ def test_source_must_agree(tmp_path):
         load_pretrained(RESNET_FILE, source="speechbrain")
     with pytest.raises(ValueError, match="source must be one of"):
         load_pretrained(RESNET_FILE, source="kaldi")
+
+
+# ----------------------------------------------------------------------------- through svlab
+
+
+def stand_in(tmp_path: Path, fmt: str, n_head: int | None = None) -> Path:
+    """A random small model saved as its toolkit saves it (wespeaker: with an AAM head)."""
+    torch.manual_seed(3)
+    if fmt == "wespeaker":
+        model = build("resnet34_wespeaker", depths=(1, 1, 1, 1), base_width=4, embed_dim=8)
+        path, head = tmp_path / "avg_model.pt", AAMSoftmax(8, n_head or 10)
+    else:
+        model = build(
+            "ecapa_c1024_speechbrain",
+            channels=8,
+            scale=4,
+            se_channels=4,
+            mfa_channels=16,
+            attention_channels=4,
+            embed_dim=8,
+        )
+        path, head = tmp_path / "embedding_model.ckpt", None
+    torch.save(export_state(randomize(model), head), path)
+    return path
+
+
+def tiny_train_config(corpus, out_dir, **changes) -> TrainConfig:
+    values = dict(
+        data_root=str(corpus),
+        crop_frames=20,
+        batch_size=4,
+        epochs=1,
+        lr=0.01,
+        final_lr=0.001,
+        warmup_epochs=0.0,
+        eval_every=0,
+        log_every=1,
+        stop_after_steps=2,
+        out_dir=str(out_dir),
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("fmt", ["wespeaker", "speechbrain"])
+def test_a_loaded_model_goes_through_svlab(training_corpus, tmp_path, capsys, fmt):
+    from svlab.cli import main
+    from svlab.quant import load_packed, model_size, plan_bits, quantizers, save_packed
+    from svlab.quant.msft import msft
+    from svlab.workbench.engine import LiveQuantizer
+
+    torch.set_num_threads(1)
+    path = stand_in(tmp_path, fmt)
+    loaded = read_pretrained(path)
+    model, front_end = loaded.model, "kaldi" if fmt == "wespeaker" else "speechbrain"
+    evalset = EvalSet.from_corpus(training_corpus)
+    assert evalset.embed(model)[evalset.keys[0]].shape == (8,)
+    first = evalset.batches_for(front_end)[0][0]  # the model's own features, cut to the batch
+    wave = load_audio(evalset.audio_dir / evalset.keys[0])
+    assert torch.equal(first, featurize(wave, front_end)[0][: len(first)])
+
+    argv = [
+        "evaluate",
+        str(path),
+        "--root",
+        str(training_corpus),
+        "--backend",
+        "asnorm",
+        "--cohort",
+        str(training_corpus / "train.txt"),
+        "--top-n",
+        "3",
+    ]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["front_end"], report["backend"], report["source"]) == (front_end, "asnorm", fmt)
+    assert 0.0 <= report["eer_percent"] <= 100.0
+
+    q = quantize_model(model, 4)
+    assert front_end_of(q) == front_end and 0.0 <= evalset.score(q)["eer"] <= 1.0
+    names = list(quantizers(q))
+    sensitivity = {n: {2: float(i), 4: i / 10, 8: 0.0} for i, n in enumerate(names)}
+    budget = model_size(model, dict.fromkeys(names, 4))
+    bits = plan_bits(model, sensitivity, size=budget, choices=(2, 4, 8))
+    assert set(bits) == set(names) and model_size(model, bits) <= budget
+
+    packed = save_packed(q, tmp_path / "q.svq", name=loaded.name, overrides=loaded.overrides)
+    back = load_packed(packed, loaded.name)
+    x = evalset.batches_for(front_end)[0]
+    assert torch.equal(embed(back, x), embed(q, x)) and front_end_of(back) == front_end
+
+    cfg = tiny_train_config(training_corpus, tmp_path / "msft")
+    tuned, history = msft(model, dict.fromkeys(names, 4), "deep_to_shallow", cfg, n_stages=2)
+    assert len(history) == 2 and set(quantizers(tuned)) == set(names)
+
+    view = dataclasses.replace(evalset, batches=evalset.batches_for(front_end))
+    layer = names[-2]
+    live = LiveQuantizer(model, view).set_bits(layer, 2)
+    assert live.eer == evalset.score(quantize_model(model, {layer: 2}))["eer"]
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f"model = 'resnet18'\ndata_root = '{training_corpus}'\ncrop_frames = 20\n"
+        "batch_size = 4\nepochs = 1\nlr = 0.01\neval_every = 0\n"
+    )
+    sets = [f"init_from='{path}'", f"out_dir='{tmp_path / 'ft'}'"]
+    argv = ["train", "--config", str(recipe), "--quiet"]
+    assert main(argv + [arg for s in sets for arg in ("--set", s)]) == 0
+    tuned, head, name, _ = checkpoint.load_trained(tmp_path / "ft" / "model.pt")
+    assert name == loaded.name and front_end_of(tuned) == front_end
+    assert head.weight.shape == (4, 8)  # imprinted for the corpus's 4 speakers
+    assert not torch.equal(tuned.embedding.weight, model.embedding.weight)
+
+
+def test_wespeakers_head_is_kept_when_it_fits(training_corpus, tmp_path):
+    """A wespeaker file whose projection has one row per training speaker starts from it."""
+    path = stand_in(tmp_path, "wespeaker", n_head=4)
+    projection = torch.load(path, weights_only=True)["projection.weight"]
+    cfg = tiny_train_config(
+        training_corpus,
+        tmp_path / "ft",
+        init_from=str(path),
+        lr=1e-6,
+        final_lr=1e-7,
+        stop_after_steps=1,
+    )
+    result = train(cfg, progress=False)
+    assert torch.allclose(result.head.weight.detach(), projection, atol=1e-4)
+    imprinted = stand_in(tmp_path, "wespeaker", n_head=5)  # 5 speakers: the corpus has 4
+    cfg = dataclasses.replace(cfg, init_from=str(imprinted), out_dir=str(tmp_path / "ft5"))
+    assert not torch.allclose(train(cfg, progress=False).head.weight[:4], projection, atol=0.1)
