@@ -1,18 +1,24 @@
-"""Where training memory goes: parameters, gradients, optimizer states and saved activations."""
+"""Where training memory goes: the peak of a whole training step and what it holds."""
 
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CATEGORIES = ["parameters", "gradients", "optimizer states", "activations"]
+from svlab.step_memory import StepMemory, trace_step
+
 GPU_2080TI_BYTES = 11 * 1024**3
+# What a step needs on a GPU beyond its tensors: the CUDA context with cuDNN and cuBLAS
+# loaded (about 300-500 MiB on a 2080Ti) and the caching allocator's rounding and
+# fragmentation. svlab's assumption for the "fits on 11 GB" verdict, not a measurement.
+CUDA_CONTEXT_BYTES = 768 * 1024**2
 MIN_8BIT_SIZE = 4096  # bitsandbytes keeps smaller tensors' states in 32 bits
 BLOCK_SIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 STATE_LAYOUT = {  # optimizer name -> (states per parameter, 8-bit states?, scalar step tensor?)
@@ -199,24 +205,10 @@ class CosineClassifier(nn.Module):
         return F.cross_entropy(self.scale * cosine, labels)
 
 
-def _mean_square(embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    return embeddings.square().mean()
-
-
-def _trainable(model: nn.Module, optimizer, loss_fn) -> list[torch.Tensor]:
-    tensors = list(model.parameters()) + list(model.buffers())
-    if isinstance(loss_fn, nn.Module):
-        tensors += list(loss_fn.parameters()) + list(loss_fn.buffers())
-    if optimizer is not None:
-        tensors += [p for group in optimizer.param_groups for p in group["params"]]
-    return tensors
-
-
-def _table(sizes: Mapping[str, int]) -> pd.DataFrame:
-    frame = pd.DataFrame({"bytes": pd.Series(sizes, dtype="int64")})
-    frame.index.name = "category"
-    frame["MiB"] = frame["bytes"] / 2**20
-    return frame
+def _with_peak(step: StepMemory) -> pd.DataFrame:
+    table = step.at_peak.copy()
+    table.attrs.update(peak_bytes=step.peak_bytes, extra_peak_bytes=step.extra_peak_bytes)
+    return table
 
 
 def breakdown(
@@ -226,63 +218,46 @@ def breakdown(
     loss_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
     restore: bool = True,
 ) -> pd.DataFrame:
-    """Run one training step and return the bytes it holds, by category.
+    """Run one training step on the model's device and return what it held at its peak.
 
     ``batch`` is the input features or ``(features, labels)``; ``loss_fn(embeddings, labels)``
-    defaults to the mean square of the embeddings. Rows: parameters (and buffers, e.g.
-    BatchNorm statistics), gradients, optimizer states (after the step) and activations,
-    the distinct tensors autograd saved for backward during forward and loss (recorded with
-    ``saved_tensors_hooks``). On CUDA two more rows: ``other``, the allocator's peak over
-    the step minus those four (workspaces, temporaries; it can be negative, since
-    activations are freed during backward while gradients appear), and the attributes
-    ``cuda_peak_bytes`` and ``cuda_activation_bytes`` (memory allocated after forward minus
-    before), to compare with the hooks. With ``restore`` the model, the optimizer and the
-    gradients are put back as they were, so measuring does not train.
+    defaults to the mean square of the embeddings. The step (zeroed gradients, forward,
+    loss, backward, ``optimizer.step()``) is traced by :func:`svlab.step_memory.trace_step`;
+    the rows are the categories of the storages alive at the step's peak, so
+    ``table["bytes"].sum()`` is the peak (``table.attrs["peak_bytes"]``). Run a warm-up step
+    first so that the optimizer states exist, as they do from the second step on. On CUDA
+    ``attrs`` also holds ``cuda_peak_bytes`` and ``cuda_extra_peak_bytes``, the allocator's
+    own peak over the step (absolute, and above what was allocated before it), to compare.
+    With ``restore`` the model, the optimizer and the gradients are put back as they were,
+    so measuring does not train.
 
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    >>> breakdown(model, opt, torch.ones(16, 4))["bytes"].to_dict()  # activations: the input,
-    ...                                    # the ReLU output and the embeddings squared by the loss
-    {'parameters': 232, 'gradients': 232, 'optimizer states': 232, 'activations': 896}
+    >>> _ = breakdown(model, opt, torch.ones(16, 4), restore=False)  # warm-up: momentum exists
+    >>> table = breakdown(model, opt, torch.ones(16, 4))
+    >>> table.loc[["parameters", "optimizer states", "inputs", "activations"], "bytes"].tolist()
+    [232, 232, 256, 512]
+    >>> int(table["bytes"].sum()) == table.attrs["peak_bytes"]
+    True
     """
     features, labels = batch if isinstance(batch, tuple | list) else (batch, None)
-    loss_fn = _mean_square if loss_fn is None else loss_fn
-    tensors = _trainable(model, optimizer, loss_fn)
-    params = [t for t in tensors if isinstance(t, nn.Parameter)]
-    saved = _snapshot(model, optimizer, loss_fn, params) if restore else None
-    for p in params:
-        p.grad = None
-    cuda = features.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(features.device)
-        torch.cuda.reset_peak_memory_stats(features.device)
-        before = torch.cuda.memory_allocated(features.device)
-    with SavedTensorRecorder(exclude=tensors) as recorder:
-        loss = loss_fn(model(features), labels)
-    if cuda:
-        after_forward = torch.cuda.memory_allocated(features.device)
-    loss.backward()
-    del loss
-    grad_bytes = unique_bytes(p.grad for p in params if p.grad is not None)
-    if optimizer is not None:
-        optimizer.step()
-    sizes = {
-        "parameters": unique_bytes(tensors),
-        "gradients": grad_bytes,
-        "optimizer states": 0 if optimizer is None else optimizer_state_bytes(optimizer),
-        "activations": recorder.bytes,
-    }
-    attrs = {}
-    if cuda:
-        torch.cuda.synchronize(features.device)
-        peak = torch.cuda.max_memory_allocated(features.device)
-        sizes["other"] = peak - sum(sizes.values())
-        attrs = {"cuda_peak_bytes": peak, "cuda_activation_bytes": after_forward - before}
+    modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+    params = [p for m in modules for p in m.parameters()]
+    saved = _snapshot(modules, optimizer, params) if restore else None
+    device = features.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    step = trace_step(model, optimizer, features, labels, loss_fn)
+    table = _with_peak(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        table.attrs.update(cuda_peak_bytes=peak, cuda_extra_peak_bytes=peak - before)
     if saved is not None:
-        _restore(model, optimizer, loss_fn, params, saved)
-    frame = _table(sizes)
-    frame.attrs.update(attrs)
-    return frame
+        _restore(modules, optimizer, params, saved)
+    return table
 
 
 def _on_cpu(value):
@@ -297,8 +272,7 @@ def _on_cpu(value):
     return copy.deepcopy(value)
 
 
-def _snapshot(model, optimizer, loss_fn, params):
-    modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+def _snapshot(modules, optimizer, params):
     return (
         [_on_cpu(m.state_dict()) for m in modules],
         None if optimizer is None else _on_cpu(optimizer.state_dict()),
@@ -306,9 +280,8 @@ def _snapshot(model, optimizer, loss_fn, params):
     )
 
 
-def _restore(model, optimizer, loss_fn, params, saved) -> None:
+def _restore(modules, optimizer, params, saved) -> None:
     states, optimizer_state, grads = saved
-    modules = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
     for module, state in zip(modules, states, strict=True):
         module.load_state_dict(state)
     if optimizer is not None:
@@ -321,6 +294,70 @@ def _restore(model, optimizer, loss_fn, params, saved) -> None:
 # ---------------------------------------------------------------- projecting without running
 
 
+@lru_cache(maxsize=32)
+def _projected(
+    model_name: str,
+    batch_size: int,
+    frames: int,
+    optimizer: str,
+    dtype: torch.dtype,
+    feat_dim: int,
+    num_classes: int,
+    overrides: tuple,
+) -> StepMemory:
+    from svlab.models import build
+    from svlab.optim import make_optimizer
+
+    if optimizer not in STATE_LAYOUT:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(STATE_LAYOUT)}")
+    if batch_size < 1 or frames < 1:
+        raise ValueError(f"batch_size and frames must be positive, got {batch_size}, {frames}")
+    with torch.device("meta"):
+        model = build(model_name, feat_dim=feat_dim, **dict(overrides)).to(dtype)
+        head = CosineClassifier(model.embed_dim, num_classes).to(dtype) if num_classes else None
+        features = torch.empty(batch_size, frames, feat_dim, dtype=dtype)
+        labels = torch.zeros(batch_size, dtype=torch.long)
+    model.train()
+    params = [*model.parameters(), *([] if head is None else head.parameters())]
+    opt = make_optimizer(params, optimizer.replace("adamw", "adam"), lr=1e-3)
+    loss = model(features).square().mean() if head is None else head(model(features), labels)
+    loss.backward()
+    opt.step()  # a warm-up step, untraced: the optimizer states now exist
+    return trace_step(model, opt, features, labels, head)
+
+
+def project_step(
+    model_name: str,
+    batch_size: int = 128,
+    frames: int = 200,
+    optimizer: str = "sgd",
+    dtype: torch.dtype = torch.float32,
+    feat_dim: int = 80,
+    num_classes: int = 5994,
+    **overrides,
+) -> StepMemory:
+    """One training step of a registered model traced on the meta device: no memory used.
+
+    The model, a :class:`CosineClassifier` over ``num_classes`` speakers (5994 in VoxCeleb2
+    dev; 0 for none), its optimizer (``sgd`` with momentum, ``adam``, ``adamw``, or svlab's
+    ``sgd8bit``, ``adam8bit``, ``adamw8bit``) and a ``batch_size x frames x feat_dim``
+    batch are built on the meta device, which has shapes but no data. A warm-up step
+    creates the optimizer states; the second step is traced by
+    :func:`svlab.step_memory.trace_step`, forward, backward (reversible recomputation
+    included) and optimizer step. The CUDA context and what kernels allocate inside
+    themselves (workspaces) are not included: see :data:`CUDA_CONTEXT_BYTES`. Results are
+    cached, so moving a slider back is instant.
+
+    >>> step = project_step("rev_dfresnet56", batch_size=8, frames=200)
+    >>> sorted(step.timeline["phase"].unique()), step.at_peak["bytes"].idxmax()
+    (['backward', 'forward', 'step'], 'recomputed')
+    """
+    return _projected(
+        model_name, batch_size, frames, optimizer, dtype, feat_dim, num_classes,
+        tuple(sorted(overrides.items())),
+    )
+
+
 def project(
     model_name: str,
     batch_size: int = 128,
@@ -331,53 +368,49 @@ def project(
     num_classes: int = 5994,
     **overrides,
 ) -> pd.DataFrame:
-    """The :func:`breakdown` of one training step of a registered model, without running it.
+    """What one training step of a registered model holds at its peak, without running it.
 
-    The model, a :class:`CosineClassifier` over ``num_classes`` speakers (5994 in VoxCeleb2
-    dev; 0 for none) and a ``batch_size x frames x feat_dim`` batch are built on the meta
-    device, which has shapes but no data: the forward pass records what autograd would save
-    (same hooks as :func:`breakdown`), gradients are the trainable parameters' size and the
-    optimizer states follow :func:`projected_state_bytes`. ``optimizer`` is one of
-    ``sgd`` (with momentum), ``adam``, ``adamw``, ``sgd8bit``, ``adam8bit``, ``adamw8bit``.
-    Allocator workspaces and the CUDA context (a few hundred MiB) are not included.
+    The composition at the peak of :func:`project_step` (same arguments), by category:
+    ``table["bytes"].sum()`` is the whole step's peak (also ``table.attrs["peak_bytes"]``).
 
     >>> table = project("resnet34", batch_size=128, frames=200, optimizer="adam")
     >>> round(float(table.loc["parameters", "bytes"]) / 1e6, 1), fits(table)
     (32.7, True)
+    >>> int(table["bytes"].sum()) == table.attrs["peak_bytes"]
+    True
     """
-    from svlab.models import build
-
-    if batch_size < 1 or frames < 1:
-        raise ValueError(f"batch_size and frames must be positive, got {batch_size}, {frames}")
-    with torch.device("meta"):
-        model = build(model_name, feat_dim=feat_dim, **overrides).to(dtype)
-        head = CosineClassifier(model.embed_dim, num_classes).to(dtype) if num_classes else None
-        features = torch.empty(batch_size, frames, feat_dim, dtype=dtype)
-        labels = torch.zeros(batch_size, dtype=torch.long)
-    model.train()
-    loss_fn = _mean_square if head is None else head
-    tensors = _trainable(model, None, loss_fn)
-    trainable = [t for t in tensors if isinstance(t, nn.Parameter) and t.requires_grad]
-    with SavedTensorRecorder(exclude=tensors) as recorder:
-        loss_fn(model(features), labels)
-    sizes = {
-        "parameters": unique_bytes(tensors),
-        "gradients": unique_bytes(trainable),
-        "optimizer states": projected_state_bytes(
-            [p.numel() for p in trainable], optimizer
-        ),
-        "activations": recorder.bytes,
-    }
-    return _table(sizes)
+    return _with_peak(
+        project_step(
+            model_name, batch_size, frames, optimizer, dtype, feat_dim, num_classes, **overrides
+        )
+    )
 
 
-def fits(table: pd.DataFrame, capacity_bytes: int = GPU_2080TI_BYTES) -> bool:
-    """Whether the breakdown's total fits in ``capacity_bytes`` (default: an 11 GiB 2080Ti).
+def timeline(model_name: str, **settings) -> pd.DataFrame:
+    """Bytes live after each op of one projected training step (``settings`` as
+    :func:`project`): columns ``event``, ``phase`` (forward, backward, step), ``module``,
+    ``op``, ``live_bytes`` and ``live_MiB``.
 
-    >>> fits(_table({"parameters": 10, "activations": 5}), capacity_bytes=12)
+    >>> line = timeline("resnet18", batch_size=2, frames=50, num_classes=0)
+    >>> line.groupby("phase", sort=False)["live_bytes"].max().idxmax()  # vanilla: end of forward
+    'backward'
+    """
+    return project_step(model_name, **settings).timeline
+
+
+def fits(
+    table: pd.DataFrame,
+    capacity_bytes: int = GPU_2080TI_BYTES,
+    context_bytes: int = CUDA_CONTEXT_BYTES,
+) -> bool:
+    """Whether a step's peak (the table's total) plus ``context_bytes`` for the CUDA context
+    and the allocator fits in ``capacity_bytes`` (default: an 11 GiB 2080Ti).
+
+    >>> from svlab.step_memory import category_table
+    >>> fits(category_table({"parameters": 10, "activations": 5}), 20, context_bytes=6)
     False
     """
-    return bool(table["bytes"].clip(lower=0).sum() <= capacity_bytes)
+    return bool(table["bytes"].clip(lower=0).sum() + context_bytes <= capacity_bytes)
 
 
 # ---------------------------------------------------------------- plots
@@ -386,7 +419,9 @@ def fits(table: pd.DataFrame, capacity_bytes: int = GPU_2080TI_BYTES) -> bool:
 def long_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Breakdowns keyed by setting (model, batch size, depth...) as one long table.
 
-    >>> long_table({"a": _table({"parameters": 2**20})})[["setting", "category", "MiB"]]
+    >>> from svlab.step_memory import category_table
+    >>> table = category_table({"parameters": 2**20})
+    >>> long_table({"a": table})[["setting", "category", "MiB"]]
       setting    category  MiB
     0       a  parameters  1.0
     """
@@ -407,7 +442,8 @@ def stacked_bar(
     """A plotly stacked bar per setting (a model, batch size or depth), in GiB, with a line at
     ``capacity_bytes`` (the 2080Ti's 11 GiB by default; ``None`` for no line).
 
-    >>> fig = stacked_bar({"tiny": _table({"parameters": 2**30, "activations": 2**31})})
+    >>> from svlab.step_memory import category_table
+    >>> fig = stacked_bar({"tiny": category_table({"parameters": 2**30, "activations": 2**31})})
     >>> [trace.name for trace in fig.data], fig.layout.barmode
     (['parameters', 'activations'], 'stack')
     """
@@ -457,26 +493,40 @@ def _run(args) -> int:
     )
     table["GiB"] = table["bytes"] / 2**30
     print(f"{args.model}, batch {args.batch_size} x {args.frames} frames, {args.optimizer}, "
-          f"{args.dtype} (projected, one training step)")
+          f"{args.dtype}: what one training step holds at its peak (projected on the meta "
+          "device: forward, backward and optimizer step)")
     print(table[["MiB", "GiB"]].round(3).to_string())
-    total = table["bytes"].sum() / 2**30
-    print(f"total {total:.2f} GiB; fits on an 11 GiB 2080Ti: {fits(table)}")
+    peak = table["bytes"].sum() / 2**30
+    context = CUDA_CONTEXT_BYTES / 2**30
+    print(f"peak {peak:.2f} GiB + {context:.2f} GiB for the CUDA context and allocator "
+          f"= {peak + context:.2f} GiB; fits on an 11 GiB 2080Ti: {fits(table)}")
     return 0
 
 
 def register_cli(subparsers) -> None:
-    """Add ``svlab memory``: the projected memory of one training step.
+    """Add ``svlab memory``: the peak memory of one training step, projected.
 
     >>> import argparse; parser = argparse.ArgumentParser(); register_cli(parser.add_subparsers())
     >>> parser.parse_args(["memory", "--model", "rev_resnet34"]).batch_size
     128
     """
-    parser = subparsers.add_parser(
-        "memory", help="project the memory of a training step (does it fit on a 2080Ti?)"
+    from svlab.models import available
+
+    description = (
+        "Project what one training step (forward, backward, optimizer step) holds at its peak, "
+        "by category, without allocating anything (the model is traced on PyTorch's meta "
+        "device), and whether it fits on an 11 GiB 2080Ti."
     )
-    parser.add_argument("--model", default="resnet34", help="a registered model name")
+    parser = subparsers.add_parser(
+        "memory",
+        help="the peak memory of a training step (does it fit on a 2080Ti?)",
+        description=description,
+    )
+    models = available()
+    parser.add_argument("--model", default="resnet34", choices=models, metavar="MODEL",
+                        help=f"a registered model: {', '.join(models)} (default: resnet34)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--frames", type=int, default=200, help="fbank frames per utterance")
     parser.add_argument("--optimizer", default="sgd", choices=sorted(STATE_LAYOUT))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--num-classes", type=int, default=5994, help="training speakers")

@@ -31,13 +31,24 @@ def check_blocksize(blocksize: int) -> int:
     return blocksize
 
 
+def holds(condition: torch.Tensor) -> bool:
+    """Whether every element of a boolean tensor is true; on the meta device, which has
+    shapes but no values (memory projection runs optimizers there), nothing can be checked:
+    True.
+
+    >>> holds(torch.tensor([True, False])), holds(torch.empty(3, dtype=torch.bool, device="meta"))
+    (False, True)
+    """
+    return condition.is_meta or bool(condition.all())
+
+
 def _check_code(code: torch.Tensor) -> torch.Tensor:
     if code.ndim != 1 or not 2 <= code.numel() <= 256 or not code.is_floating_point():
         raise QuantizationError(
             "code must be a 1-D float table of 2 to 256 values, "
             f"got {code.dtype} {tuple(code.shape)}"
         )
-    if not bool((code.diff() > 0).all()):
+    if not holds(code.diff() > 0):
         raise QuantizationError("code must be sorted in increasing order without repeats")
     return code.float()
 
@@ -82,8 +93,11 @@ def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     >>> nearest_code(torch.tensor([-0.6, -0.5, 0.2, 0.3, 0.8, 1.0]), code).tolist()
     [0, 0, 1, 2, 3, 3]
     """
-    below, padded = _cell_table(tuple(code.tolist()), str(scaled.device))
     flat = scaled.reshape(-1).float()
+    if code.is_meta:  # no values to build the table from: the binary search has the same shapes
+        midpoints = (code[1:] + code[:-1]) / 2
+        return torch.searchsorted(midpoints, flat).to(torch.int32).view(scaled.shape)
+    below, padded = _cell_table(tuple(code.tolist()), str(scaled.device))
     if below.numel() == 0:
         return torch.searchsorted(padded[:-1], flat).to(torch.int32).view(scaled.shape)
     cell = (flat.view(torch.int32) >> CELL_SHIFT).add_(2**15)
@@ -123,7 +137,7 @@ def quantize_blockwise(
     code = _check_code(dynamic_map(signed=True) if code is None else code).to(x.device)
     blocks = _blocks(x, blocksize)
     absmax = blocks.abs().amax(dim=1)
-    if not bool(torch.isfinite(absmax).all()):  # amax propagates NaN and Inf
+    if not holds(torch.isfinite(absmax)):  # amax propagates NaN and Inf
         raise QuantizationError("quantize_blockwise got NaN or Inf values")
     divisor = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     scaled = (blocks / divisor[:, None]).clamp_(-1.0, 1.0)

@@ -9,7 +9,12 @@ from typing import Any
 
 import torch
 
-from svlab.optim.blockwise import check_blocksize, dequantize_blockwise, quantize_blockwise
+from svlab.optim.blockwise import (
+    check_blocksize,
+    dequantize_blockwise,
+    holds,
+    quantize_blockwise,
+)
 from svlab.optim.maps import dynamic_map
 
 MIN_8BIT_SIZE = 4096  # bitsandbytes' default: smaller tensors keep fp32 state
@@ -88,7 +93,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         n_blocks = -(-p.numel() // group["blocksize"])
         for name in self._state_names:
             if self._is_8bit(p, group):
-                zero_code = int(torch.searchsorted(self._map(self._signed[name], p.device), 0.0))
+                zero_code = int(torch.searchsorted(dynamic_map(self._signed[name]), 0.0))
                 state[name] = torch.full_like(p, zero_code, dtype=torch.uint8)
                 state[name + "_absmax"] = torch.zeros(n_blocks, device=p.device)
             else:
@@ -114,7 +119,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         state[name + "_absmax"].copy_(absmax)
 
     def _grad_ok(self, p: torch.Tensor, index: int) -> bool:
-        if bool(torch.isfinite(p.grad).all()):
+        if holds(torch.isfinite(p.grad)):
             return True
         message = f"{type(self).__name__}: parameter {index} has a NaN or Inf gradient"
         if self.on_nonfinite == "raise":
