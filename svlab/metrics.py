@@ -64,15 +64,36 @@ def eer(scores, labels) -> tuple[float, float]:
     0.0
     """
     frr, far, thresholds = error_rates(scores, labels)
-    i = int(np.argmax(frr >= far))  # first crossing; i >= 1 because far[0] == 1 > frr[0] == 0
-    gap_before, gap_after = far[i - 1] - frr[i - 1], far[i] - frr[i]
-    alpha = gap_before / (gap_before - gap_after)
-    rate = frr[i - 1] + alpha * (frr[i] - frr[i - 1])
+    rate, i, alpha = _eer_crossing(frr, far)
+    i, alpha = int(i), float(alpha)
     if np.isinf(thresholds[i]):
         threshold = thresholds[i - 1]
     else:
         threshold = thresholds[i - 1] + alpha * (thresholds[i] - thresholds[i - 1])
     return float(rate), float(threshold)
+
+
+def _eer_crossing(frr: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EER, crossing index and interpolation weight along the last axis of rate curves.
+
+    The first threshold ``i`` where ``frr >= far``; ``i >= 1`` because ``far[0] == 1 > frr[0]``.
+    Works on one curve ``[T]`` or a batch ``[R, T]`` (the weighted curves of `svlab.intervals`).
+    """
+    i = np.argmax(frr >= far, axis=-1)[..., None]
+    frr_before, frr_at = np.take_along_axis(frr, i - 1, -1), np.take_along_axis(frr, i, -1)
+    gap_before = np.take_along_axis(far, i - 1, -1) - frr_before
+    gap_after = np.take_along_axis(far, i, -1) - frr_at
+    alpha = gap_before / (gap_before - gap_after)
+    rate = frr_before + alpha * (frr_at - frr_before)
+    return rate[..., 0], i[..., 0], alpha[..., 0]
+
+
+def _detection_cost(frr, far, p_target: float, c_miss: float, c_fa: float) -> np.ndarray:
+    """Normalized detection cost at every threshold of rate curves ``[T]`` or ``[R, T]``."""
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must lie in (0, 1), got {p_target}")
+    cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far
+    return cost / min(c_miss * p_target, c_fa * (1.0 - p_target))
 
 
 def min_dcf(
@@ -86,11 +107,8 @@ def min_dcf(
     >>> min_dcf([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
     (0.0, 0.8)
     """
-    if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1), got {p_target}")
     frr, far, thresholds = error_rates(scores, labels)
-    cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far
-    cost /= min(c_miss * p_target, c_fa * (1.0 - p_target))
+    cost = _detection_cost(frr, far, p_target, c_miss, c_fa)
     best = int(np.argmin(cost))
     return float(cost[best]), float(thresholds[best])
 
@@ -129,3 +147,21 @@ def cosine_scores(
     enroll = torch.tensor([index[a] for a, _ in pairs], dtype=torch.long)
     test = torch.tensor([index[b] for _, b in pairs], dtype=torch.long)
     return (matrix[enroll] * matrix[test]).sum(dim=1).numpy()
+
+
+_INTERVALS = (
+    "eer_interval", "eer_difference_interval", "min_dcf_interval", "min_dcf_difference_interval",
+    "weighted_eer", "weighted_min_dcf", "resolved", "format_interval", "format_difference",
+)
+
+
+def __getattr__(name: str):
+    """Serve the speaker-bootstrap intervals of `svlab.intervals` from here too.
+
+    They are imported on first use because `svlab.intervals` builds on this module.
+    """
+    if name in _INTERVALS:
+        from svlab import intervals
+
+        return getattr(intervals, name)
+    raise AttributeError(f"module 'svlab.metrics' has no attribute {name!r}")
