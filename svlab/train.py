@@ -96,7 +96,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     out_dir: str = ""  # empty: runs/<name>-<profile>
     stop_after_steps: int = 0  # stop early (as if interrupted); 0: run to the end
-    init_from: str = ""  # a model checkpoint to start from: its encoder, and its head if it fits
+    init_from: str = ""  # svlab / wespeaker / SpeechBrain checkpoint: its encoder, head if it fits
     quantize_bits: int = 0  # 1..8: quantize every conv/linear weight, fine-tune through it
     quantize_granularity: str = "tensor"  # tensor | channel (svlab.quant.quantize_model)
     quantize_method: str = "kmeans"  # kmeans | uniform
@@ -611,13 +611,15 @@ def train(
     ``log_every`` steps: loss, accuracy, lr, margin; plus validation EER rows),
     ``summary.json`` and, for a registry model that finished, ``model.pt``
     (:func:`svlab.checkpoint.load_model` reads it; the head is kept beside the encoder).
-    ``cfg.init_from`` starts from a saved model (and its head, when it was trained on the
-    same speakers; else an imprinted one); with ``cfg.quantize_bits`` the model is quantized
-    first (:func:`svlab.quant.quantize_model`), trained through its quantizers, and saved
-    packed as ``model.svq`` (:func:`svlab.quant.load_packed`): quantization-aware
-    fine-tuning from the command line. With ``resume`` it continues from
-    ``checkpoint.pt`` and ends with exactly the weights of an uninterrupted run. Under
-    ``torchrun`` each process trains on its share of every global batch (DDP).
+    ``cfg.init_from`` starts from a saved model, svlab's or a wespeaker / SpeechBrain one
+    (:func:`svlab.models.pretrained.read_pretrained`; and its head, when it was trained on the
+    same speakers; else an imprinted one; crops then come from the model's own front end);
+    with ``cfg.quantize_bits`` the model is quantized first (:func:`svlab.quant.quantize_model`),
+    trained through its quantizers, and saved packed as ``model.svq``
+    (:func:`svlab.quant.load_packed`): quantization-aware fine-tuning from the command line.
+    With ``resume`` it continues from ``checkpoint.pt`` and ends with exactly the weights of an
+    uninterrupted run. Under ``torchrun`` each process trains on its share of every global
+    batch (DDP).
 
     >>> import tempfile, pathlib
     >>> from svlab.data import synthesize_corpus
