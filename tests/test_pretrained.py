@@ -270,11 +270,15 @@ def test_shape_mismatch_names_the_key(tmp_path):
         (lambda s: s.pop("layer3.2.bn2.running_var"), "lacks a tensor for 'stages.2.2.branch.2.1"),
         (lambda s: s.pop("conv1.weight"), "no known architecture has the key 'bn1.weight'"),
         (
+            lambda s: s.update({"seg_1.weight": torch.zeros(16)}),
+            "'seg_1.weight' has shape \\[16\\]",
+        ),
+        (
             lambda s: s.update({"projection.weight": torch.zeros(10, 8)}),
             "'projection.weight' has shape",
         ),
     ],
-    ids=["two-emb-layer", "bottleneck", "missing", "no-signature", "head"],
+    ids=["two-emb-layer", "bottleneck", "missing", "no-signature", "1-d", "head"],
 )
 def test_wrong_keys_are_named(tmp_path, change, message):
     state = resnet_state()

@@ -135,7 +135,10 @@ class _Keys:
     def shape(self, key: str, dim: int) -> int:
         if key not in self.state:
             raise PretrainedError(f"{self.path}: key {key!r} is missing")
-        return self.state[key].shape[dim]
+        shape = self.state[key].shape
+        if dim >= len(shape):
+            raise PretrainedError(f"{self.path}: {key!r} has shape {list(shape)}, too few axes")
+        return shape[dim]
 
     def count(self, pattern: str) -> int:
         """How many distinct values the first group of ``pattern`` takes over the keys."""
