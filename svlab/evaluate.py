@@ -15,6 +15,7 @@ from torch import nn
 from svlab.data.audio import load_audio
 from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
+from svlab.intervals import eer_interval
 from svlab.metrics import eer, min_dcf
 from svlab.scorenorm import BACKENDS, backend_scores, speaker_means
 
@@ -295,6 +296,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-n", type=int, default=300, help="AS-norm cohort size")
     parser.add_argument("--max-seconds", type=float, help="keep only each utterance's start")
     parser.add_argument("--device", default="cpu", help="torch device to embed on")
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,
+        help="speaker-bootstrap resamples for the EER interval (95%%)",
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -314,6 +321,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             model, args.root, args.cohort, args.cohort_per_speaker, args.max_seconds
         )
     result = evalset.score(model, args.backend, cohort, args.top_n)
+    speakers = [[path.split("/")[0] for path in pair] for pair in evalset.pairs]
+    _, low, high = eer_interval(
+        result["scores"], result["labels"], *zip(*speakers, strict=True), resamples=args.resamples
+    )
     report = {
         "model": str(args.model),
         "source": loaded.source,
@@ -322,6 +333,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "trials": len(evalset.pairs),
         "eer_percent": round(100 * result["eer"], 4),
+        "eer_interval_percent": [round(100 * low, 4), round(100 * high, 4)],
         "min_dcf": round(result["min_dcf"], 4),
     }
     print(json.dumps(report, indent=2))

@@ -365,11 +365,14 @@ def test_a_loaded_model_goes_through_svlab(training_corpus, tmp_path, capsys, fm
         str(training_corpus / "train.txt"),
         "--top-n",
         "3",
+        "--resamples",
+        "100",
     ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["front_end"], report["backend"], report["source"]) == (front_end, "asnorm", fmt)
-    assert 0.0 <= report["eer_percent"] <= 100.0
+    low, high = report["eer_interval_percent"]
+    assert 0.0 <= low <= report["eer_percent"] <= high <= 100.0  # 2 test speakers: may be one point
 
     q = quantize_model(model, 4)
     assert front_end_of(q) == front_end and 0.0 <= evalset.score(q)["eer"] <= 1.0
