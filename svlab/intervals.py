@@ -312,15 +312,45 @@ def format_difference(interval: Interval, *, percent: bool = True, digits: int =
 
 @dataclass(frozen=True)
 class SimulatedTrials:
-    """Two systems' scores on one simulated test set, with their population EERs."""
+    """Two systems' scores on one simulated test set, and their population score distributions.
+
+    Population target scores are normal with mean ``2`` (system a) or ``2 + shift`` (system b)
+    and deviation ``sd_target``; non-target scores have mean 0 and deviation ``sd_nontarget``.
+    """
 
     scores_a: np.ndarray
     scores_b: np.ndarray
     labels: np.ndarray
     enroll_speakers: np.ndarray
     test_speakers: np.ndarray
-    eer_a: float
-    eer_b: float
+    shift: float
+    sd_target: float
+    sd_nontarget: float
+
+    @property
+    def eer_a(self) -> float:
+        """Population EER of system a: where the two normals' tails are equal."""
+        return NormalDist().cdf(-2.0 / (self.sd_target + self.sd_nontarget))
+
+    @property
+    def eer_b(self) -> float:
+        """Population EER of system b."""
+        return NormalDist().cdf(-(2.0 + self.shift) / (self.sd_target + self.sd_nontarget))
+
+    def population_min_dcf(
+        self, system: str = "a", p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0
+    ) -> float:
+        """Population minDCF of system ``"a"`` or ``"b"``, on a grid of 20,001 thresholds.
+
+        >>> sim = simulate_trials(seed=1)
+        >>> round(sim.population_min_dcf("a", p_target=0.1), 4)
+        0.7345
+        """
+        mean = 2.0 + (self.shift if system == "b" else 0.0)
+        grid = np.linspace(-10.0, 10.0, 20001)
+        miss = np.array([NormalDist(mean, self.sd_target).cdf(t) for t in grid])
+        false_alarm = np.array([1.0 - NormalDist(0.0, self.sd_nontarget).cdf(t) for t in grid])
+        return float(_detection_cost(miss, false_alarm, p_target, c_miss, c_fa).min())
 
 
 def simulate_trials(
@@ -358,9 +388,8 @@ def simulate_trials(
     )
     scores_a = shared + rng.normal(0.0, noise_sd, labels.size)
     scores_b = shared + rng.normal(0.0, noise_sd, labels.size) + shift * labels
-    sd_target = np.sqrt(spk_sd**2 + 2 * utt_sd**2 + noise_sd**2)
-    sd_nontarget = np.sqrt(2 * spk_sd**2 + 2 * utt_sd**2 + noise_sd**2)
-    eer_a, eer_b = (NormalDist().cdf(-m / (sd_target + sd_nontarget)) for m in (2.0, 2.0 + shift))
+    sd_target = float(np.sqrt(spk_sd**2 + 2 * utt_sd**2 + noise_sd**2))
+    sd_nontarget = float(np.sqrt(2 * spk_sd**2 + 2 * utt_sd**2 + noise_sd**2))
     return SimulatedTrials(
-        scores_a, scores_b, labels, speaker[u], speaker[v], float(eer_a), float(eer_b)
+        scores_a, scores_b, labels, speaker[u], speaker[v], shift, sd_target, sd_nontarget
     )
