@@ -1,4 +1,5 @@
-"""Training memory: vanilla vs reversible activations by depth, recomputation cost, totals."""
+"""Training memory: the whole step's peak, traced and projected, against the CPU allocator;
+vanilla + fp32 optimizer vs reversible + 8-bit at the paper's setting; recomputation cost."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import torch
 
 import svlab.models
 from svlab.memory import (
+    CUDA_CONTEXT_BYTES,
     GPU_2080TI_BYTES,
     CosineClassifier,
     SavedTensorRecorder,
     breakdown,
     fits,
     project,
-    saved_by_module,
+    project_step,
 )
+from svlab.optim import make_optimizer
 from svlab.profiles import seed_everything
 from svlab.reversible import set_memory_saving
+from svlab.step_memory import allocator_peak, trace_step
 
 RESULTS = Path(__file__).parent / "results" / "memory.json"
 TWINS = [  # (vanilla, reversible, depth in the name)
@@ -35,84 +39,79 @@ TWINS = [  # (vanilla, reversible, depth in the name)
     ("dfresnet233", "rev_dfresnet233", 233),
 ]
 PAPER = {"batch_size": 128, "frames": 200, "feat_dim": 80}  # fp32, VoxCeleb2's 5994 speakers
-GiB = 2**30
+GiB, MiB = 2**30, 2**20
 
 
-def measured_activations(name: str, batch_size: int, frames: int, feat_dim: int) -> int:
-    """Bytes autograd saves in one real CPU forward pass (model built at full size)."""
-    model = svlab.models.build(name, feat_dim=feat_dim)
-    exclude = list(model.parameters()) + list(model.buffers())
-    fbank = torch.randn(batch_size, frames, feat_dim)
-    with SavedTensorRecorder(exclude=exclude) as recorder:
-        model(fbank).square().mean()
-    return recorder.bytes
-
-
-def activations_by_depth(twins, measure_batch: int) -> list[dict]:
-    """Projected activation bytes at the paper's setting, and a real CPU forward at a small
-    batch scaled up to 128 (activations are linear in the batch), for each twin pair."""
+def peak_against_allocator(names, batch: int, frames: int, speakers: int = 100) -> list[dict]:
+    """A real CPU training step (full-size model, Adam, after a warm-up step): the CPU
+    allocator's extra peak (profiler memory events) beside the tracker's, the meta-device
+    projection's, and what svlab counted before (the tensors saved in forward)."""
     rows = []
-    for vanilla, reversible, depth in twins:
-        row = {"depth": depth, "vanilla": vanilla, "reversible": reversible}
-        for kind, name in (("vanilla", vanilla), ("reversible", reversible)):
-            table = project(name, optimizer="sgd", num_classes=0, **PAPER)
-            row[f"{kind}_projected_GiB"] = table.loc["activations", "bytes"] / GiB
-            measured = measured_activations(name, measure_batch, PAPER["frames"], PAPER["feat_dim"])
-            row[f"{kind}_measured_b{measure_batch}_x{128 // measure_batch}_GiB"] = (
-                measured * (PAPER["batch_size"] // measure_batch) / GiB
-            )
-        row["reversible_over_vanilla"] = (
-            row["reversible_projected_GiB"] / row["vanilla_projected_GiB"]
-        )
-        rows.append(row)
+    for name in names:
+        seed_everything(0)
+        model = svlab.models.build(name)
+        head = CosineClassifier(model.embed_dim, speakers)
+        opt = make_optimizer([*model.parameters(), *head.parameters()], "adam", lr=1e-3)
+        x, y = torch.randn(batch, frames, 80), torch.randint(0, speakers, (batch,))
+
+        def step(model=model, head=head, opt=opt, x=x, y=y):
+            opt.zero_grad(set_to_none=True)
+            head(model(x), y).backward()
+            opt.step()
+
+        step()
+        opt.zero_grad(set_to_none=True)
+        allocator = allocator_peak(step, "cpu")
+        traced = trace_step(model, opt, x, y, loss_fn=head)
+        projected = project_step(name, batch, frames, "adam", num_classes=speakers)
+        with SavedTensorRecorder(exclude=[*model.parameters(), *model.buffers()]) as saved:
+            head(model(x), y)
+        rows.append({
+            "model": name, "batch": f"{batch} x {frames} x 80",
+            "allocator_extra_peak_MiB": allocator / MiB,
+            "traced_extra_peak_MiB": traced.extra_peak_bytes / MiB,
+            "projected_extra_peak_MiB": projected.extra_peak_bytes / MiB,
+            "traced_over_allocator": traced.extra_peak_bytes / allocator,
+            "forward_saved_only_MiB": saved.bytes / MiB,
+            "forward_saved_over_allocator": saved.bytes / allocator,
+        })  # fmt: skip
     return rows
 
 
-def part_of(name: str, has_first_transition: bool) -> str:
-    """The kind of layer a submodule name (depth 3) of an FbankResNet belongs to."""
-    if name.startswith("stem"):
-        return "stem"
-    if name.startswith("stages."):
-        first = name.endswith(".0") and (has_first_transition or name != "stages.0.0")
-        return "transitions" if first else "coupling outputs"
-    return "pooling + embedding"
+def composition(table: pd.DataFrame) -> dict:
+    return {f"{category} GiB": value / GiB for category, value in table["bytes"].items()}
 
 
-def what_reversible_models_save(twins) -> list[dict]:
-    """Projected activations of each reversible model at the paper's setting, by kind of
-    layer: the stem, the ordinary stage transitions, the coupling chains (output only)."""
+def reversible_peak_by_depth(twins, batches) -> list[dict]:
+    """Projected step peak of the DF-ResNets and their reversible twins by depth and batch
+    (fp32 Adam): what grows with depth, what with the batch."""
     rows = []
-    for _, reversible, _ in twins:
-        with torch.device("meta"):
-            model = svlab.models.build(reversible)
-            fbank = torch.empty(PAPER["batch_size"], PAPER["frames"], PAPER["feat_dim"])
-        parts = saved_by_module(model, fbank, depth=3)
-        first_transition = len(model.stages[0]) == 2
-        labels = [part_of(name, first_transition) for name in parts.index]
-        kinds = parts.groupby(labels).sum()
-        row = {"model": reversible, "total_GiB": parts.sum() / GiB}
-        row.update({f"{kind}_GiB": value / GiB for kind, value in kinds.items()})
-        row["transitions_share"] = kinds.get("transitions", 0) / parts.sum()
-        rows.append(row)
+    for batch in batches:
+        for vanilla, reversible, depth in twins:
+            if not vanilla.startswith("df"):
+                continue
+            for name in (vanilla, reversible):
+                table = project(name, batch_size=batch, frames=PAPER["frames"], optimizer="adam")
+                rows.append({"model": name, "depth": depth, "batch": batch,
+                             "peak_GiB": table["bytes"].sum() / GiB, **composition(table)})
     return rows
 
 
 def total_memory(twins) -> list[dict]:
-    """Projected training memory at the paper's setting: vanilla with fp32 states vs
-    reversible with 8-bit states, for Adam and for SGD with momentum."""
+    """Projected step peak at the paper's setting: vanilla with fp32 states vs reversible with
+    8-bit states, for Adam and for SGD with momentum."""
     rows = []
     for vanilla, reversible, depth in twins:
         for fp32, eight_bit in (("adam", "adam8bit"), ("sgd", "sgd8bit")):
             a = project(vanilla, optimizer=fp32, **PAPER)
             b = project(reversible, optimizer=eight_bit, **PAPER)
-            row = {"depth": depth, "vanilla": f"{vanilla} + {fp32}"}
-            row["reversible"] = f"{reversible} + {eight_bit}"
+            row = {"depth": depth, "vanilla": f"{vanilla} + {fp32}",
+                   "reversible": f"{reversible} + {eight_bit}"}
             for label, table in (("vanilla", a), ("reversible", b)):
-                for category, value in table["bytes"].items():
-                    row[f"{label} {category} MiB"] = value / 2**20
-                row[f"{label}_total_GiB"] = table["bytes"].sum() / GiB
+                row.update({f"{label} {k}": v for k, v in composition(table).items()})
+                row[f"{label}_peak_GiB"] = table["bytes"].sum() / GiB
                 row[f"{label}_fits_2080Ti"] = fits(table, GPU_2080TI_BYTES)
-            row["saving_x"] = row["vanilla_total_GiB"] / row["reversible_total_GiB"]
+            row["saving_x"] = row["vanilla_peak_GiB"] / row["reversible_peak_GiB"]
             rows.append(row)
     return rows
 
@@ -177,7 +176,7 @@ def recomputation_overhead(twins, repeats: int, small: dict, batch: int, frames:
 
 
 def cuda_peaks(twins, batch_size: int) -> list[dict]:
-    """Measured breakdown on CUDA (allocator peak) beside the projection, fp32 + SGD."""
+    """On CUDA: the allocator's peak over one step beside the tracker and the projection."""
     rows = []
     for names in twins:
         for name in names[:2]:
@@ -189,19 +188,16 @@ def cuda_peaks(twins, batch_size: int) -> list[dict]:
                 torch.randn(batch_size, PAPER["frames"], PAPER["feat_dim"], device="cuda"),
                 torch.randint(0, 5994, (batch_size,), device="cuda"),
             )
+            breakdown(model, opt, batch, loss_fn=head, restore=False)
             measured = breakdown(model, opt, batch, loss_fn=head)
             projected = project(name, batch_size=batch_size, optimizer="sgd")
-            rows.append(
-                {
-                    "model": name,
-                    "batch": batch_size,
-                    "cuda_peak_GiB": measured.attrs["cuda_peak_bytes"] / GiB,
-                    "projected_total_GiB": projected["bytes"].sum() / GiB,
-                    "hooks_activations_GiB": measured.loc["activations", "bytes"] / GiB,
-                    "cuda_activations_GiB": measured.attrs["cuda_activation_bytes"] / GiB,
-                    "projected_activations_GiB": projected.loc["activations", "bytes"] / GiB,
-                }
-            )
+            rows.append({
+                "model": name, "batch": batch_size,
+                "cuda_peak_GiB": measured.attrs["cuda_peak_bytes"] / GiB,
+                "cuda_extra_peak_GiB": measured.attrs["cuda_extra_peak_bytes"] / GiB,
+                "traced_extra_peak_GiB": measured.attrs["extra_peak_bytes"] / GiB,
+                "projected_peak_GiB": projected.attrs["peak_bytes"] / GiB,
+            })  # fmt: skip
             del model, head, opt, batch
             torch.cuda.empty_cache()
     return rows
@@ -226,26 +222,30 @@ def main() -> None:
             **PAPER,
             "dtype": "float32",
             "speakers": 5994,
-            "note": "projected = saved-tensor hooks on the meta device; measured = the same hooks "
-            "in a real CPU forward at a small batch, scaled linearly to 128",
+            "cuda_context_allowance_GiB": CUDA_CONTEXT_BYTES / GiB,
+            "note": "peak = the most bytes alive at once in one training step after a warm-up "
+            "step (forward, backward, optimizer step), traced storage by storage "
+            "(svlab.step_memory); projected = the same trace on the meta device; allocator = "
+            "the CPU allocator's own events (torch profiler), full-size models at a small batch",
         },
         "quick": args.quick,
         "machine": platform.platform(),
         "torch": torch.__version__,
     }
-    results["activations_by_depth"] = activations_by_depth(
-        twins, measure_batch=1 if args.quick else 2
+    measured = ["resnet34", "rev_resnet34", "dfresnet56", "rev_dfresnet56"]
+    if not args.quick:
+        measured += ["dfresnet110", "rev_dfresnet110"]
+    results["peak_vs_allocator"] = peak_against_allocator(measured, batch=2, frames=200)
+    show("One CPU training step (Adam): extra peak, allocator vs traced vs projected (MiB)",
+         results["peak_vs_allocator"])
+    results["reversible_by_depth"] = reversible_peak_by_depth(
+        twins, batches=[32] if args.quick else [32, 128]
     )
-    show(
-        "Activation memory per step at batch 128, 200 x 80, fp32 (GiB)",
-        results["activations_by_depth"],
-    )
-    results["reversible_parts"] = what_reversible_models_save(twins)
-    show("What the reversible models still save (projected, GiB)", results["reversible_parts"])
+    show("Projected step peak by depth and batch, fp32 Adam (GiB)", results["reversible_by_depth"])
     results["total_memory"] = total_memory(twins)
     show(
-        "Total training memory, projected (vanilla fp32 states vs reversible 8-bit)",
-        [{k: v for k, v in r.items() if "MiB" not in k} for r in results["total_memory"]],
+        "Step peak at batch 128 x 200 x 80: vanilla + fp32 states vs reversible + 8-bit (GiB)",
+        [{k: v for k, v in r.items() if " GiB" not in k} for r in results["total_memory"]],
     )
     results["recomputation"] = recomputation_overhead(
         [t for t in twins if t[2] <= 110], repeats, small, batch=8, frames=100

@@ -464,6 +464,30 @@ def stacked_bar(
     return fig
 
 
+def timeline_figure(
+    timelines: Mapping[str, pd.DataFrame], title: str = "Bytes live during one training step"
+):
+    """A plotly line per setting: GiB live after each op of a step (see :func:`timeline`),
+    with the phase (forward, backward, step) and module in the hover text.
+
+    >>> line = timeline("rev_resnet18", batch_size=2, frames=50, num_classes=0)
+    >>> fig = timeline_figure({"rev_resnet18": line})
+    >>> fig.data[0].name, len(fig.data[0].x) == len(line)
+    ('rev_resnet18', True)
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, line in timelines.items():
+        fig.add_scatter(
+            x=line.index, y=line["live_bytes"] / 2**30, name=name, mode="lines",
+            text=line["phase"] + " · " + line["module"] + " · " + line["op"],
+            hovertemplate="op %{x}: %{y:.3f} GiB<br>%{text}",
+        )
+    fig.update_layout(title=title, xaxis_title="op (in the order they ran)", yaxis_title="GiB")
+    return fig
+
+
 def sweep(
     settings: Mapping[str, Mapping], **common
 ) -> dict[str, pd.DataFrame]:

@@ -14,7 +14,7 @@ import time
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from svlab.memory import GPU_2080TI_BYTES, project
+from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
 from svlab.workbench.engine import QUANTIZERS, Bits, LiveQuantizer
 from svlab.workbench.figures import (
     det_figure,
@@ -288,9 +288,11 @@ MEMORY_FAMILIES = {
 class MemoryPanel:
     """Batch size, depth, reversible on/off, 8-bit optimizer states on/off: projected bars.
 
-    Each change projects one training step of the chosen model on the meta device
-    (:func:`svlab.memory.project`, nothing is allocated) and draws it beside the standard
-    setting (same model and batch, not reversible, 32-bit states), with a line at 11 GiB.
+    Each change traces one training step of the chosen model on the meta device
+    (:func:`svlab.memory.project`: forward, backward and optimizer step, nothing is
+    allocated) and draws what it holds at its peak beside the standard setting (same model
+    and batch, not reversible, 32-bit states), with a line at 11 GiB. The verdict adds
+    :data:`svlab.memory.CUDA_CONTEXT_BYTES` for the CUDA context and allocator.
 
     >>> panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
     >>> panel.eight_bit.value = True
@@ -335,6 +337,7 @@ class MemoryPanel:
 
     def refresh(self) -> None:
         """Project the standard and the chosen setting and redraw the bars."""
+        self.numbers.value = "<i>tracing one training step on the meta device...</i>"
         tables = {}
         for reversible, eight_bit in ((False, False), (self.reversible.value,
                                                        self.eight_bit.value)):
@@ -350,9 +353,11 @@ class MemoryPanel:
             for trace in fresh.data:
                 self.figure.add_trace(trace)
             self.figure.layout = fresh.layout
-        totals = [float(t["bytes"].clip(lower=0).sum()) / 2**30 for t in tables.values()]
         self.numbers.value = " | ".join(
-            f"{label}: <b>{total:.2f} GiB</b>" for label, total in zip(tables, totals, strict=True)
+            f"{label}: peak <b>{table['bytes'].sum() / 2**30:.2f} GiB</b> "
+            f"({'fits' if fits(table) else 'does not fit'} on 11 GiB with "
+            f"{CUDA_CONTEXT_BYTES / 2**30:.2f} GiB for the CUDA context)"
+            for label, table in tables.items()
         )
 
     @property

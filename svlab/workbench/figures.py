@@ -128,6 +128,7 @@ def memory_figure(tables: Mapping, capacity_bytes: int) -> go.Figure:
     """
     from svlab.memory import stacked_bar
 
-    fig = stacked_bar(tables, title="Projected training memory", capacity_bytes=capacity_bytes)
+    fig = stacked_bar(tables, title="Peak of one training step (projected)",
+                      capacity_bytes=capacity_bytes)
     fig.update_layout(height=330, width=520, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
