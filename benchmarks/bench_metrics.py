@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from svlab.intervals import (
+from svlab.metrics import eer, min_dcf
+from svlab.metrics.intervals import (
     eer_difference_interval,
     eer_interval,
     min_dcf_difference_interval,
@@ -21,7 +22,6 @@ from svlab.intervals import (
     simulate_trials,
     weighted_eer,
 )
-from svlab.metrics import eer, min_dcf
 from svlab.profiles import seed_everything
 
 RESULTS = Path(__file__).parent / "results" / "metrics.json"

@@ -15,8 +15,7 @@ from torch import nn
 from svlab.data.audio import load_audio
 from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
-from svlab.intervals import eer_interval
-from svlab.metrics import eer, min_dcf
+from svlab.metrics import eer, eer_interval, min_dcf
 from svlab.scorenorm import BACKENDS, backend_scores, speaker_means
 
 _CACHE: dict[tuple, EvalSet] = {}

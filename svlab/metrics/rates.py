@@ -77,7 +77,8 @@ def _eer_crossing(frr: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndar
     """EER, crossing index and interpolation weight along the last axis of rate curves.
 
     The first threshold ``i`` where ``frr >= far``; ``i >= 1`` because ``far[0] == 1 > frr[0]``.
-    Works on one curve ``[T]`` or a batch ``[R, T]`` (the weighted curves of `svlab.intervals`).
+    Works on one curve ``[T]`` or a batch ``[R, T]`` (the weighted curves of
+    :mod:`svlab.metrics.intervals`).
     """
     i = np.argmax(frr >= far, axis=-1)[..., None]
     frr_before, frr_at = np.take_along_axis(frr, i - 1, -1), np.take_along_axis(frr, i, -1)
@@ -147,21 +148,3 @@ def cosine_scores(
     enroll = torch.tensor([index[a] for a, _ in pairs], dtype=torch.long)
     test = torch.tensor([index[b] for _, b in pairs], dtype=torch.long)
     return (matrix[enroll] * matrix[test]).sum(dim=1).numpy()
-
-
-_INTERVALS = (
-    "eer_interval", "eer_difference_interval", "min_dcf_interval", "min_dcf_difference_interval",
-    "weighted_eer", "weighted_min_dcf", "resolved", "format_interval", "format_difference",
-)
-
-
-def __getattr__(name: str):
-    """Serve the speaker-bootstrap intervals of `svlab.intervals` from here too.
-
-    They are imported on first use because `svlab.intervals` builds on this module.
-    """
-    if name in _INTERVALS:
-        from svlab import intervals
-
-        return getattr(intervals, name)
-    raise AttributeError(f"module 'svlab.metrics' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from svlab.metrics import _check, _detection_cost, _eer_crossing, eer, min_dcf
+from svlab.metrics.rates import _check, _detection_cost, _eer_crossing, eer, min_dcf
 
 CHUNK_ELEMENTS = 2**20  # resamples x trials handled at once: 8 MiB per float64 array
 
