@@ -103,3 +103,25 @@ def margin_ramp(epoch: float, margin: float, start: float, end: float) -> float:
     if epoch >= end:
         return margin
     return margin * (epoch - start) / (end - start)
+
+
+class CosineClassifier(nn.Module):
+    """Scaled cosine logits and cross-entropy: AAM-softmax's weights and memory, no margin.
+
+    It stands in for the speaker classifier in :func:`svlab.memory.project` (and can be passed
+    to :func:`svlab.memory.breakdown` as the loss): a meta tensor cannot branch on the margin,
+    and the classifier's parameters (classes x embedding) count too.
+
+    >>> head = CosineClassifier(4, num_classes=3)
+    >>> head(torch.randn(2, 4), torch.tensor([0, 2])).shape
+    torch.Size([])
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 32.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) * embed_dim**-0.5)
+        self.scale = scale
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight))
+        return F.cross_entropy(self.scale * cosine, labels)

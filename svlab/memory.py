@@ -9,9 +9,9 @@ from functools import lru_cache
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from svlab.losses import CosineClassifier
 from svlab.step_memory import StepMemory, trace_step
 
 GPU_2080TI_BYTES = 11 * 1024**3
@@ -182,27 +182,6 @@ def saved_by_module(model: nn.Module, *inputs: torch.Tensor, depth: int = 2) -> 
 
 
 # ---------------------------------------------------------------- measuring one training step
-
-
-class CosineClassifier(nn.Module):
-    """Scaled cosine logits and cross-entropy: AAM-softmax's weights and memory, no margin.
-
-    It stands in for the speaker classifier in :func:`project` (and can be passed to
-    :func:`breakdown` as the loss), since its parameters (classes x embedding) count too.
-
-    >>> head = CosineClassifier(4, num_classes=3)
-    >>> head(torch.randn(2, 4), torch.tensor([0, 2])).shape
-    torch.Size([])
-    """
-
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 32.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) * embed_dim**-0.5)
-        self.scale = scale
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight))
-        return F.cross_entropy(self.scale * cosine, labels)
 
 
 def _with_peak(step: StepMemory) -> pd.DataFrame:
@@ -411,81 +390,6 @@ def fits(
     False
     """
     return bool(table["bytes"].clip(lower=0).sum() + context_bytes <= capacity_bytes)
-
-
-# ---------------------------------------------------------------- plots
-
-
-def long_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Breakdowns keyed by setting (model, batch size, depth...) as one long table.
-
-    >>> from svlab.step_memory import category_table
-    >>> table = category_table({"parameters": 2**20})
-    >>> long_table({"a": table})[["setting", "category", "MiB"]]
-      setting    category  MiB
-    0       a  parameters  1.0
-    """
-    rows = [
-        {"setting": str(setting), "category": category, "bytes": int(b), "MiB": b / 2**20}
-        for setting, table in tables.items()
-        for category, b in table["bytes"].items()
-    ]
-    return pd.DataFrame(rows)
-
-
-def stacked_bar(
-    tables: Mapping[str, pd.DataFrame],
-    title: str = "Training memory by category",
-    capacity_bytes: int | None = GPU_2080TI_BYTES,
-    xlabel: str = "setting",
-):
-    """A plotly stacked bar per setting (a model, batch size or depth), in GiB, with a line at
-    ``capacity_bytes`` (the 2080Ti's 11 GiB by default; ``None`` for no line).
-
-    >>> from svlab.step_memory import category_table
-    >>> fig = stacked_bar({"tiny": category_table({"parameters": 2**30, "activations": 2**31})})
-    >>> [trace.name for trace in fig.data], fig.layout.barmode
-    (['parameters', 'activations'], 'stack')
-    """
-    import plotly.graph_objects as go
-
-    data = long_table(tables)
-    fig = go.Figure()
-    for category in dict.fromkeys(data["category"]):
-        part = data[data["category"] == category]
-        fig.add_bar(name=category, x=part["setting"], y=part["bytes"] / 2**30)
-    fig.update_layout(barmode="stack", title=title, xaxis_title=xlabel, yaxis_title="GiB")
-    if capacity_bytes is not None:
-        fig.add_hline(
-            y=capacity_bytes / 2**30,
-            line_dash="dash",
-            annotation_text=f"{capacity_bytes / 2**30:.0f} GiB (2080Ti)",
-        )
-    return fig
-
-
-def timeline_figure(
-    timelines: Mapping[str, pd.DataFrame], title: str = "Bytes live during one training step"
-):
-    """A plotly line per setting: GiB live after each op of a step (see :func:`timeline`),
-    with the phase (forward, backward, step) and module in the hover text.
-
-    >>> line = timeline("rev_resnet18", batch_size=2, frames=50, num_classes=0)
-    >>> fig = timeline_figure({"rev_resnet18": line})
-    >>> fig.data[0].name, len(fig.data[0].x) == len(line)
-    ('rev_resnet18', True)
-    """
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, line in timelines.items():
-        fig.add_scatter(
-            x=line.index, y=line["live_bytes"] / 2**30, name=name, mode="lines",
-            text=line["phase"] + " · " + line["module"] + " · " + line["op"],
-            hovertemplate="op %{x}: %{y:.3f} GiB<br>%{text}",
-        )
-    fig.update_layout(title=title, xaxis_title="op (in the order they ran)", yaxis_title="GiB")
-    return fig
 
 
 def sweep(

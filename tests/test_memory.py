@@ -11,13 +11,12 @@ from svlab.memory import (
     SavedTensorRecorder,
     breakdown,
     fits,
-    long_table,
     project,
     projected_state_bytes,
     saved_by_module,
-    stacked_bar,
     unique_bytes,
 )
+from svlab.memory_figures import long_table, stacked_bar
 from svlab.optim import make_optimizer, state_bytes
 from svlab.step_memory import CATEGORIES
 
