@@ -50,7 +50,12 @@ class _Storage:
     died: int | None = None
 
 
-def _key(t: torch.Tensor) -> int:
+def storage_key(t: torch.Tensor) -> int:
+    """An id of the memory ``t`` lives in, shared by all views of it (meta tensors too).
+
+    >>> w = torch.zeros(4); storage_key(w) == storage_key(w[1:]) != storage_key(w.clone())
+    True
+    """
     return t.untyped_storage()._cdata
 
 
@@ -130,7 +135,7 @@ class StepTracker(TorchDispatchMode):
         """File the storages behind ``tensors`` under ``category`` (first label wins)."""
         for t in tensors:
             if self._counted(t):
-                index = self.live.get(_key(t))
+                index = self.live.get(storage_key(t))
                 if index is not None and not self.storages[index].category:
                     self.storages[index].category = category
 

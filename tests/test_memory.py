@@ -8,16 +8,15 @@ from torch import nn
 import svlab.models
 from svlab.memory import (
     CosineClassifier,
-    SavedTensorRecorder,
     breakdown,
     fits,
     project,
     projected_state_bytes,
-    saved_by_module,
     unique_bytes,
 )
 from svlab.memory_figures import long_table, stacked_bar
 from svlab.optim import make_optimizer, state_bytes
+from svlab.saved_tensors import SavedTensorRecorder, saved_by_module
 from svlab.step_memory import CATEGORIES
 
 torch.set_num_threads(1)
