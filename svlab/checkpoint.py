@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,11 @@ import torch
 from torch import nn
 
 MODEL_FORMAT = "svlab-model-v1"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint; the message names the file and why."""
 
 
 def save(path: str | os.PathLike, obj: Any) -> Path:
@@ -44,15 +51,47 @@ def save(path: str | os.PathLike, obj: Any) -> Path:
 def load(path: str | os.PathLike) -> Any:
     """Read a file written by :func:`save`, allowing only tensors and plain containers.
 
+    Every svlab file (``.pt``, ``.svq``, pretrained weights) is read here. A file that is
+    missing raises ``FileNotFoundError``; one that is empty, truncated, not written by
+    ``torch.save``, or holds Python objects other than tensors and plain containers raises
+    :class:`CheckpointError` naming the file and what is wrong. svlab never loads such a file
+    with ``weights_only=False``: unpickling arbitrary objects can run arbitrary code.
+
     >>> load("/no/such/file.pt")
     Traceback (most recent call last):
     ...
     FileNotFoundError: no checkpoint at /no/such/file.pt
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "empty.pt"; _ = p.write_bytes(b"")
+    >>> load(p)
+    Traceback (most recent call last):
+    ...
+    svlab.checkpoint.CheckpointError: .../empty.pt is empty (0 bytes): not a checkpoint
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            raise CheckpointError(
+                f"{path} is not a checkpoint: torch.save writes a zip archive, this file "
+                f"({size} bytes) is something else"
+            )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and plain containers, which svlab "
+            "does not load (unpickling them could run code from the file)"
+        ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({size} bytes; torch says: "
+            f"{str(err).splitlines()[0].split('. ')[0]})"
+        ) from err
 
 
 def save_model(

@@ -75,7 +75,7 @@ def test_failed_save_keeps_the_old_file(tmp_path):
 def test_loading_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"f": print}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(checkpoint.CheckpointError, match="Python objects other than tensors"):
         checkpoint.load(path)
 
 

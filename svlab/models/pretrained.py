@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -93,15 +91,7 @@ def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretr
 
 
 def _read(path: Path) -> dict:
-    try:
-        state = checkpoint.load(path)
-    except FileNotFoundError:
-        raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
-        raise PretrainedError(
-            f"{path} cannot be read as a weights-only PyTorch file (truncated, or not written "
-            f"by torch.save of tensors): {str(err).splitlines()[0]}"
-        ) from err
+    state = checkpoint.load(path)  # unreadable files: CheckpointError naming the file
     if not isinstance(state, dict):
         raise PretrainedError(f"{path} is not a state dict: it holds a {type(state).__name__}")
     if state.get("format") == checkpoint.MODEL_FORMAT:
