@@ -93,10 +93,19 @@ def quantization_rows(
     return rows
 
 
-def run_tour(profile: str = "ci", checkpoint: Path = TUTORIAL_CHECKPOINT) -> pd.DataFrame:
-    """Run every notebook's main computation in ``profile`` and return the summary table."""
+def run_tour(
+    profile: str = "ci",
+    checkpoint: Path = TUTORIAL_CHECKPOINT,
+    report: Callable[[str], None] = lambda message: None,
+) -> pd.DataFrame:
+    """Run every notebook's main computation in ``profile`` and return the summary table.
+
+    ``report(message)`` is called as each notebook's part starts (``svlab tour`` prints it
+    with the time so far).
+    """
     chosen = get_profile(profile)
     seed_everything(chosen.seed)
+    report("00 corpus, tutorial model, EER")
     evalset = EvalSet.from_corpus(chosen.ensure_corpus())
     model = load_model(checkpoint).eval()
     fp32 = evalset.score(model)
@@ -109,15 +118,22 @@ def run_tour(profile: str = "ci", checkpoint: Path = TUTORIAL_CHECKPOINT) -> pd.
         _row("00", "tutorial model EER", _percent(fp32["eer"]), "%"),
         _row("00", "tutorial model minDCF (p=0.01)", f"{fp32['min_dcf']:.3f}"),
     ]
+    report("01-02 step peaks of ResNet34 and DF-ResNet233 and their reversible twins")
     rows += memory_rows()
+    report("03 8-bit optimizer states")
     rows += optimizer_rows()
+    report("04-06 k-means, mixed precision, 1-bit")
     rows += quantization_rows(model, evalset.batches[-1], score)
     return pd.DataFrame(rows)
 
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    table = run_tour(args.profile, Path(args.checkpoint))
+
+    def report(message: str) -> None:
+        print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
+
+    table = run_tour(args.profile, Path(args.checkpoint), report)
     print(table.to_string(index=False))
     print(f"\ntour finished in {time.perf_counter() - started:.0f} s")
     return 0

@@ -8,9 +8,16 @@ from svlab.cli import main
 from svlab.tour import run_tour
 
 
+MESSAGES: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def table():
-    return run_tour("ci").set_index("what")["value"]
+    return run_tour("ci", report=MESSAGES.append).set_index("what")["value"]
+
+
+def test_tour_reports_each_part_in_order(table):
+    assert [m.split()[0] for m in MESSAGES] == ["00", "01-02", "03", "04-06"]
 
 
 def number(table, what):
