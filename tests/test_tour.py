@@ -7,7 +7,6 @@ import svlab.tour
 from svlab.cli import main
 from svlab.tour import run_tour
 
-
 MESSAGES: list[str] = []
 
 
