@@ -8,16 +8,21 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: lab test lint corpus checkpoints bench assignments book app clean
 
 $(INSTALLED): pyproject.toml
+	@echo "svlab: installing into $(VENV) with the dev tools (a few minutes, once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 corpus: $(INSTALLED)
+	@echo "svlab: the offline ci corpus (generated once, 2-3 minutes on 2 cores)"
 	$(BIN)/svlab data synth --profile ci
 
+# JupyterLab refuses to start as root without --allow-root; containers and course servers
+# often run as root, so it is passed then, and only then.
 lab: $(INSTALLED) corpus
-	$(BIN)/jupyter lab notebooks/
+	@if [ "$$(id -u)" = 0 ]; then echo "svlab: running as root: starting JupyterLab with --allow-root"; fi
+	$(BIN)/jupyter lab notebooks/ $$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check svlab tests benchmarks scripts
