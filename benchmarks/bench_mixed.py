@@ -46,8 +46,8 @@ from svlab.quant import (
     quantize_model,
 )
 from svlab.quant.allocate import mixed_vs_uniform
+from svlab.quant.finetune import fine_tuner
 from svlab.quant.hessian import measured_sensitivity, quantization_errors
-from svlab.quant.msft import fine_tuner
 from svlab.quant.packed import model_size
 from svlab.train import SpeakerCrops, TrainingError
 

@@ -1,104 +1,15 @@
-"""The ci / laptop / gpu profiles: which corpus, model size and training length a run uses."""
+"""Seeding and notebook set-up; the ci / laptop / gpu profiles come from ``svlab.data.corpora``."""
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from svlab.data.corpora import REPO_ROOT, Profile, get_profile
 
-
-@dataclass(frozen=True)
-class Profile:
-    """Everything a notebook or benchmark needs to know about the scale it runs at.
-
-    ``synth`` holds the keyword arguments of :func:`svlab.data.synthesize_corpus` for the
-    offline corpus; it is ``None`` for a real corpus (VoxCeleb), whose root is given by the
-    ``SVLAB_DATA`` environment variable.
-    """
-
-    name: str
-    data_root: Path
-    synth: dict | None = field(default_factory=dict)
-    seed: int = 0
-
-    def ensure_corpus(self) -> Path:
-        """Return the corpus root, (re)generating the offline corpus there if it is absent or stale.
-
-        A synthetic corpus is stale when its ``meta.json`` records another generator version or
-        other settings than this profile asks for; it is then made again in place.
-        """
-        if self.synth is None:
-            if not (self.data_root / "trials").is_dir():
-                raise FileNotFoundError(
-                    f"profile {self.name!r} reads a real corpus, but {self.data_root} holds none: "
-                    "set SVLAB_DATA to a prepared VoxCeleb root (see data/README.md)"
-                )
-            return self.data_root
-        if not self.corpus_is_current():
-            from svlab.data import synthesize_corpus
-
-            synthesize_corpus(self.data_root, seed=self.seed, overwrite=True, **self.synth)
-        return self.data_root
-
-    def corpus_settings(self) -> dict:
-        """The settings ``meta.json`` records for this profile's synthetic corpus.
-
-        >>> get_profile("ci").corpus_settings()["seed"]
-        0
-        """
-        from svlab.data import synthesize_corpus
-
-        defaults = {
-            name: parameter.default
-            for name, parameter in inspect.signature(synthesize_corpus).parameters.items()
-            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-            and name not in ("workers", "overwrite")
-        }
-        settings = {**defaults, **(self.synth or {}), "seed": self.seed}
-        return json.loads(json.dumps(settings))
-
-    def corpus_is_current(self) -> bool:
-        """Whether ``data_root`` holds the synthetic corpus this profile would generate now."""
-        from svlab.data.synth import VERSION
-
-        meta_path = self.data_root / "meta.json"
-        if not (self.data_root / "trials").is_dir() or not meta_path.is_file():
-            return False
-        meta = json.loads(meta_path.read_text())
-        return meta.get("version") == VERSION and meta.get("settings") == self.corpus_settings()
-
-
-def _data_root(default: str) -> Path:
-    return Path(os.environ.get("SVLAB_DATA", REPO_ROOT / "data" / default))
-
-
-def get_profile(name: str | None = None) -> Profile:
-    """The profile called ``name`` (default: ``$SVLAB_PROFILE`` or ``"ci"``).
-
-    >>> get_profile("ci").name
-    'ci'
-    """
-    name = name or os.environ.get("SVLAB_PROFILE", "ci")
-    profiles = {
-        "ci": Profile("ci", _data_root("corpus-ci"), synth={}),
-        "laptop": Profile(
-            "laptop",
-            _data_root("corpus-laptop"),
-            synth={"n_train_speakers": 200, "n_test_speakers": 40, "utterances_per_session": 5},
-        ),
-        "gpu": Profile("gpu", _data_root("voxceleb"), synth=None),
-    }
-    if name not in profiles:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(profiles)}")
-    return profiles[name]
+__all__ = ["REPO_ROOT", "Profile", "get_profile", "seed_everything", "setup_notebook"]
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -1,11 +1,13 @@
-"""Training crops and test loading: shapes, wrap-padding, determinism."""
+"""Training crops as a Dataset and test loading: shapes, wrap-padding, determinism."""
+
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from svlab.data import (
-    TrainCrops,
+    SpeakerCrops,
     crop_samples,
     fit_length,
     load_audio,
@@ -36,7 +38,7 @@ def test_crop_gives_200_frames():
 
 
 def test_crops_shapes_and_labels(corpus):
-    crops = TrainCrops.from_corpus(corpus)
+    crops = SpeakerCrops.from_corpus(corpus, precompute=False)
     assert len(crops) == 3 * 2 * 2 and crops.speakers == ["id00001", "id00002", "id00003"]
     assert crops.waves is not None  # small corpus: preloaded
     waves, labels = next(iter(DataLoader(crops, batch_size=12)))
@@ -45,33 +47,37 @@ def test_crops_shapes_and_labels(corpus):
 
 
 def test_crop_is_a_piece_of_its_utterance(corpus):
-    crops = TrainCrops.from_corpus(corpus, samples=8000)
+    crops = SpeakerCrops.from_corpus(corpus, crop_frames=48, precompute=False)
+    assert crops.samples == crop_samples(48) == 7920
     for i in range(len(crops)):
         wave, _ = crops[i]
         full = crops.waves[i]
-        pieces = full.unfold(0, 8000, 1)
-        assert (pieces == wave).all(dim=1).any(), f"crop {i} is not in its utterance"
+        starts = (full.unfold(0, 10, 1) == wave[:10]).all(dim=1).nonzero().flatten().tolist()
+        assert any(torch.equal(full[s : s + 7920], wave) for s in starts), f"crop {i} is not in it"
 
 
 def test_crops_deterministic_and_epoch_dependent(corpus):
-    a = TrainCrops.from_corpus(corpus, seed=5)
-    b = TrainCrops.from_corpus(corpus, seed=5, preload=False)
+    a = SpeakerCrops.from_corpus(corpus, seed=5, precompute=False)
+    b = SpeakerCrops.from_corpus(corpus, seed=5, precompute=False, preload=False)
     assert b.waves is None
     assert all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
     first = [a[i][0] for i in range(len(a))]
     a.set_epoch(1)
     assert any(not torch.equal(first[i], a[i][0]) for i in range(len(a)))
-    c = TrainCrops.from_corpus(corpus, seed=6)
+    c = SpeakerCrops.from_corpus(corpus, seed=6, precompute=False)
     assert any(not torch.equal(first[i], c[i][0]) for i in range(len(c)))
 
 
 def test_short_utterances_wrap(corpus):
-    crops = TrainCrops.from_corpus(corpus, samples=16000 * 4)  # longer than any utterance
-    wave, _ = crops[0]
-    full = crops.waves[0]
-    assert wave.shape == (64000,)
-    assert torch.equal(wave[: full.numel()], full)
-    assert torch.equal(wave[full.numel() : full.numel() + 10], full[:10])
+    crops = SpeakerCrops.from_corpus(corpus, crop_frames=400, precompute=False)  # > 4 s
+    for i in range(len(crops)):
+        wave, _ = crops[i]
+        full = crops.waves[i]
+        assert wave.shape == (64240,) and full.numel() < 64240
+        # a piece of the utterance repeated end to end: every sample follows its predecessor
+        start = int((full.unfold(0, 10, 1) == wave[:10]).all(dim=1).nonzero()[0])
+        looped = full.roll(-start).repeat(64240 // full.numel() + 1)[:64240]
+        assert torch.equal(wave, looped), f"crop {i} does not wrap around its utterance"
 
 
 def test_fit_length():
@@ -91,5 +97,9 @@ def test_test_loading_full_and_fixed(corpus):
 
 
 def test_mismatched_inputs():
-    with pytest.raises(ValueError, match="one speaker per path"):
-        TrainCrops([], [])
+    with pytest.raises(ValueError, match="no training utterances"):
+        SpeakerCrops([], [])
+    with pytest.raises(ValueError, match="one label per path"):
+        SpeakerCrops([Path("a.wav")], [], features=[torch.zeros(8, 80)])
+    with pytest.raises(ValueError, match="3 speaker names for 1 labels"):
+        SpeakerCrops([Path("a.wav")], [0], features=[torch.zeros(8, 80)], speakers=["a", "b", "c"])

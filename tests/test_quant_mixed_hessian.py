@@ -199,7 +199,7 @@ def test_reversible_models_get_true_second_derivatives_or_a_clear_error():
     (instead of reading every earlier layer's Hessian block as zero), and
     model_hessian_sensitivity caches through it, matching the plain model's traces."""
     from svlab.models import build
-    from svlab.reversible import ReversibleSequence, set_memory_saving
+    from svlab.models.reversible import ReversibleSequence, set_memory_saving
 
     torch.manual_seed(0)
     model = build("rev_resnet18", base_width=4, embed_dim=8).eval()

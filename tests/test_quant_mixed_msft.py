@@ -186,7 +186,7 @@ def test_fine_tuner_starts_each_call_from_a_copy_of_the_given_head(training_corp
     from svlab.losses import AAMSoftmax
     from svlab.models import build
     from svlab.quant import quantize_model
-    from svlab.quant.msft import fine_tuner
+    from svlab.quant.finetune import fine_tuner
     from svlab.train import ConfigError
 
     torch.manual_seed(0)

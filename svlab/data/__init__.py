@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from svlab.data.audio import AudioError, load_audio
-from svlab.data.dataset import TrainCrops, crop_samples, fit_length, load_utterances
+from svlab.data.corpora import Profile, get_profile
+from svlab.data.dataset import SpeakerCrops, crop_samples, fit_length, load_utterances
 from svlab.data.synth import synthesize_corpus
 from svlab.data.voxceleb import (
     CorpusError,
@@ -24,12 +25,14 @@ from svlab.data.voxceleb import (
 __all__ = [
     "AudioError",
     "CorpusError",
-    "TrainCrops",
+    "Profile",
+    "SpeakerCrops",
     "Trial",
     "Utterance",
     "check_corpus",
     "crop_samples",
     "fit_length",
+    "get_profile",
     "load_audio",
     "load_utterances",
     "read_train_list",
@@ -85,8 +88,6 @@ def check_corpus(root: str | Path, read_audio: bool = True) -> dict:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from svlab.profiles import get_profile
-
     profile = get_profile(args.profile)
     settings = dict(profile.synth or {})
     if args.difficulty is not None:

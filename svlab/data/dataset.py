@@ -1,7 +1,8 @@
-"""Training crops and test utterances as tensors: what models are trained and scored on."""
+"""Training crops (``SpeakerCrops``) and test utterances as tensors: what models see."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 
 from svlab.data.audio import load_audio
 from svlab.data.voxceleb import read_train_list, wav_dir
+from svlab.features import featurize
 
 SAMPLE_RATE = 16000
 PRELOAD_LIMIT_BYTES = 256 * 2**20
@@ -37,67 +39,212 @@ def fit_length(wave: torch.Tensor, length: int, start: int = 0) -> torch.Tensor:
     return wave[start : start + length]
 
 
-class TrainCrops(Dataset):
-    """Random fixed-length crops of training utterances: item ``i`` is ``(wave, speaker_index)``.
+FEATURE_CACHE: dict[tuple, list[torch.Tensor]] = {}  # precomputed features, per list file
 
-    The crop of item ``i`` is drawn from a generator seeded by ``(seed, epoch, i)``, so a run is
-    reproducible, the same in any number of DataLoader workers, and resumable: the trainer
-    calls :meth:`set_epoch`. Utterances shorter than a crop are wrapped around. Small corpora
-    (under 256 MB of audio files) are read into memory once.
+
+def _generator(*key: int) -> torch.Generator:
+    """A torch generator seeded from a tuple of integers (seed, epoch, batch, ...)."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed % 2**63)
+
+
+def _crop(x: torch.Tensor, length: int, start_fraction: float) -> torch.Tensor:
+    """``length`` items of ``x`` (along dim 0) from a start at ``start_fraction`` of the slack;
+    a shorter ``x`` is repeated end to end to length first.
+
+    >>> _crop(torch.arange(4.0), 6, 0.0).tolist()
+    [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]
+    """
+    if x.shape[0] < length:
+        x = x.repeat(math.ceil(length / x.shape[0]), *[1] * (x.dim() - 1))
+    start = int(start_fraction * (x.shape[0] - length + 1))
+    return x[start : start + length]
+
+
+class SpeakerCrops(Dataset):
+    """The training utterances of a corpus and their speaker labels, served as random crops.
+
+    The one crop dataset of svlab: the trainer takes whole batches of fbank crops
+    (:meth:`batch`), anything else can index it as a ``Dataset`` whose item ``i`` is
+    ``(wave, label)``, a crop of :func:`crop_samples` ``(crop_frames)`` samples.
+
+    Batch ``b`` of epoch ``e`` is a pure function of ``(seed, e, b)``: which utterances (one
+    shuffle per epoch) and where each crop starts; item ``i`` of epoch ``e`` (set by
+    :meth:`set_epoch`) a pure function of ``(seed, e, i)``. So a resumed run sees the data of an
+    uninterrupted one, DataLoader workers change nothing, and ranks of a distributed run take
+    disjoint slices of one global batch. Utterances shorter than a crop are repeated end to end.
+    With ``features`` (fbank of whole utterances, computed once) batches are cut from them;
+    otherwise from the audio, featurized with dither: Gaussian noise of ``dither`` (in 16-bit
+    sample units) added to the crop before fbank. Mean normalisation is applied per crop, as
+    when featurizing the crop's audio. ``front_end`` names the features
+    (``svlab.features.FRONT_ENDS``): kaldi fbank, or the front end a loaded model was trained
+    on. ``preload`` keeps the audio in memory (default: when it has no ``features`` and its
+    files hold under 256 MB). ``speakers`` names the labels (``speakers[label]``).
 
     >>> import tempfile, pathlib, soundfile
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> (root / "wav" / "id00001" / "s").mkdir(parents=True)
     >>> soundfile.write(root / "wav/id00001/s/00001.wav", np.random.rand(8000) - 0.5, 16000)
     >>> _ = (root / "train.txt").write_text("id00001 id00001/s/00001.wav\\n")
-    >>> crops = TrainCrops.from_corpus(root)
-    >>> wave, speaker = crops[0]
-    >>> wave.shape, speaker, crops.speakers
-    (torch.Size([32240]), 0, ['id00001'])
+    >>> crops = SpeakerCrops.from_corpus(root, crop_frames=200)
+    >>> wave, label = crops[0]
+    >>> wave.shape, label, crops.speakers, crops.batch(0, 0, batch_size=1)[0].shape
+    (torch.Size([32240]), 0, ['id00001'], torch.Size([1, 200, 80]))
     """
 
     def __init__(
         self,
         paths: list[Path],
-        speakers: list[str],
-        samples: int = crop_samples(200),
+        labels: list[int],
+        crop_frames: int = 200,
         seed: int = 0,
+        features: list[torch.Tensor] | None = None,
+        dither: float = 0.0,
+        front_end: str = "kaldi",
+        speakers: list[str] | None = None,
         preload: bool | None = None,
-    ):
-        if len(paths) != len(speakers) or not paths:
+    ) -> None:
+        if not paths:
+            raise ValueError("no training utterances")
+        if len(labels) != len(paths):
             raise ValueError(
-                f"need one speaker per path, got {len(paths)} paths, {len(speakers)} speakers"
+                f"need one label per path, got {len(paths)} paths, {len(labels)} labels"
             )
-        self.paths = list(paths)
-        self.speakers = sorted(set(speakers))
-        index = {speaker: i for i, speaker in enumerate(self.speakers)}
-        self.labels = [index[s] for s in speakers]
-        self.samples, self.seed, self.epoch = samples, seed, 0
+        self.paths, self.labels = list(paths), torch.tensor(labels)
+        self.crop_frames, self.seed, self.epoch = crop_frames, seed, 0
+        self.features, self.dither, self.front_end = features, dither, front_end
+        self.speakers = speakers or [str(i) for i in range(self.n_speakers)]
+        if len(self.speakers) != self.n_speakers:
+            raise ValueError(f"{len(self.speakers)} speaker names for {self.n_speakers} labels")
         if preload is None:
-            preload = sum(p.stat().st_size for p in self.paths) < PRELOAD_LIMIT_BYTES
+            preload = features is None and (
+                sum(p.stat().st_size for p in self.paths) < PRELOAD_LIMIT_BYTES
+            )
         self.waves = [load_audio(p) for p in self.paths] if preload else None
 
     @classmethod
     def from_corpus(
-        cls, root: str | os.PathLike, train_list: str = "train.txt", **kwargs
-    ) -> TrainCrops:
-        """The crops of every utterance in ``root/train_list`` (default ``train.txt``)."""
-        utterances = read_train_list(Path(root) / train_list, wav_root=root)
-        audio = wav_dir(root)
-        return cls([audio / u.path for u in utterances], [u.speaker for u in utterances], **kwargs)
+        cls,
+        root: str | os.PathLike,
+        crop_frames: int = 200,
+        seed: int = 0,
+        precompute: bool = True,
+        dither: float = 0.0,
+        front_end: str = "kaldi",
+        train_list: str = "train.txt",
+        preload: bool | None = None,
+    ) -> SpeakerCrops:
+        """Read ``root/train_list`` (``<speaker> <path under wav/>`` per line).
+
+        Speakers are numbered in sorted order. With ``precompute`` the features of every
+        utterance are computed once per process (and kept as float16) before any crop.
+
+        >>> SpeakerCrops.from_corpus("/no/corpus", crop_frames=200)
+        Traceback (most recent call last):
+        ...
+        svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
+        """
+        root = Path(root)
+        listing = root / train_list
+        utterances = read_train_list(listing)
+        names = sorted({u.speaker for u in utterances})
+        index = {speaker: i for i, speaker in enumerate(names)}
+        paths = [wav_dir(root) / u.path for u in utterances]
+        labels = [index[u.speaker] for u in utterances]
+        features = None
+        if precompute:
+            key = (str(listing.resolve()), listing.stat().st_mtime_ns, front_end)
+            if key not in FEATURE_CACHE:
+                FEATURE_CACHE[key] = [
+                    featurize(load_audio(p), front_end, cmn=False)[0].half() for p in paths
+                ]
+            features = FEATURE_CACHE[key]
+        return cls(paths, labels, crop_frames, seed, features, dither, front_end, names, preload)
+
+    @property
+    def n_speakers(self) -> int:
+        """The number of training speakers (labels run from 0 to ``n_speakers - 1``)."""
+        return int(self.labels.max()) + 1
+
+    @property
+    def samples(self) -> int:
+        """Audio samples in one crop (``crop_frames`` fbank frames)."""
+        return crop_samples(self.crop_frames)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Full batches in one pass over the utterances (the rest is dropped).
+
+        >>> _example_crops().batches_per_epoch(2)
+        1
+        """
+        return len(self.paths) // batch_size
+
+    def batch(
+        self, epoch: int, index: int, batch_size: int, rank: int = 0, world: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of global batch ``index`` of ``epoch``: fbank ``[B/world, T, F]``
+        and speaker labels.
+
+        >>> crops = _example_crops()
+        >>> feats, labels = crops.batch(epoch=0, index=0, batch_size=2)
+        >>> feats.shape, sorted(labels.tolist())
+        (torch.Size([2, 5, 80]), [0, 1])
+        >>> half, _ = crops.batch(epoch=0, index=0, batch_size=2, rank=1, world=2)
+        >>> torch.equal(half[0], feats[1])
+        True
+        """
+        order = torch.randperm(len(self.paths), generator=_generator(self.seed, epoch))
+        chosen = order[index * batch_size : (index + 1) * batch_size]
+        starts = torch.rand(
+            batch_size, generator=_generator(self.seed, epoch, index), dtype=torch.float64
+        )
+        chosen, starts = chosen[rank::world], starts[rank::world]
+        noise = _generator(self.seed, epoch, index, rank) if self.dither else None
+        return self._features(chosen.tolist(), starts.tolist(), noise), self.labels[chosen]
+
+    def centre_crops(self, indices: list[int]) -> torch.Tensor:
+        """fbank ``[len(indices), crop_frames, F]`` of the middle of each utterance, no dither.
+
+        >>> _example_crops().centre_crops([0, 1])[:, :, 0].tolist()
+        [[-2.0, -1.0, 0.0, 1.0, 2.0], [-2.0, -1.0, 0.0, 1.0, 2.0]]
+        """
+        return self._features(indices, [0.5] * len(indices))
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw a fresh set of crops: item ``i`` of epoch ``e`` depends on (seed, e, i) only."""
+        """Draw fresh item crops: item ``i`` of epoch ``e`` depends on (seed, e, i) only."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        wave = self.waves[i] if self.waves is not None else load_audio(self.paths[i])
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        start = int(rng.integers(0, max(1, wave.numel() - self.samples + 1)))
-        return fit_length(wave, self.samples, start), self.labels[i]
+        start = torch.rand(1, generator=_generator(self.seed, self.epoch, i), dtype=torch.float64)
+        return _crop(self._wave(i), self.samples, float(start)), int(self.labels[i])
+
+    def _wave(self, i: int) -> torch.Tensor:
+        return self.waves[i] if self.waves is not None else load_audio(self.paths[i])
+
+    def _features(
+        self, indices: list[int], starts: list[float], noise: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """fbank of one crop of each utterance, starting at ``starts`` (fractions of the slack);
+        audio crops get dither drawn from ``noise``, if given."""
+        pairs = zip(indices, starts, strict=True)
+        if self.features is not None:
+            feats = torch.stack(
+                [_crop(self.features[i].float(), self.crop_frames, s) for i, s in pairs]
+            )
+            return feats - feats.mean(dim=1, keepdim=True)
+        waves = torch.stack([_crop(self._wave(i), self.samples, s) for i, s in pairs])
+        if noise is not None:
+            waves = waves + torch.randn(waves.shape, generator=noise) * (self.dither / 2**15)
+        return featurize(waves, self.front_end)
+
+
+def _example_crops() -> SpeakerCrops:
+    """Two in-memory utterances of two speakers, for the examples."""
+    features = [torch.arange(8.0).repeat(80, 1).T, torch.arange(12.0).repeat(80, 1).T]
+    return SpeakerCrops([Path("a.wav"), Path("b.wav")], [0, 1], crop_frames=5, features=features)
 
 
 def load_utterances(

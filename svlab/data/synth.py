@@ -12,6 +12,9 @@ and utterances of one speaker differ, and how harsh the channels are.
 Speech is made frame by frame in the short-time Fourier domain: a glottal pulse train and a
 white noise source are analysed with an STFT, shaped by the time-varying vocal-tract envelope,
 and resynthesised by overlap-add.
+
+Over 450 lines, on purpose: the generator is one idea read top to bottom (speaker, session,
+channel, utterance, corpus and its lists), and its stages share the draws that tie them.
 """
 
 from __future__ import annotations

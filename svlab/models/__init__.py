@@ -6,6 +6,7 @@ from svlab.models.ecapa_sb import SpeechBrainECAPA
 from svlab.models.pooling import ASTP, TSTP, make_pooling
 from svlab.models.registry import arguments, available, build, count_parameters, register
 from svlab.models.resnet import BasicBlock, FbankResNet, ResNet, bins_after, conv_bn, resnet_stage
+from svlab.models.reversible import RevDFResNet, RevResNet  # registers rev_resnet18/34, ...
 from svlab.models.wespeaker import WespeakerECAPA, WespeakerResNet
 
 register("resnet18", depths=(2, 2, 2, 2))(ResNet)
@@ -30,6 +31,8 @@ __all__ = [
     "FbankResNet",
     "InvertedBottleneck",
     "ResNet",
+    "RevDFResNet",
+    "RevResNet",
     "SpeechBrainECAPA",
     "WespeakerECAPA",
     "WespeakerResNet",
@@ -46,5 +49,4 @@ __all__ = [
     "resnet_stage",
 ]
 
-import svlab.reversible  # noqa: E402, F401  (registers rev_resnet18/34, rev_dfresnet56/110/233)
 from svlab.models.pretrained import load_pretrained  # noqa: E402

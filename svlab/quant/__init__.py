@@ -61,7 +61,7 @@ from svlab.quant.hessian import (  # noqa: E402
     measured_sensitivity,
     model_hessian_sensitivity,
 )
-from svlab.quant.msft import fine_tuner, make_stages, msft  # noqa: E402
+from svlab.quant.msft import make_stages, msft  # noqa: E402
 
 __all__ += [
     "BudgetError",
@@ -69,7 +69,6 @@ __all__ += [
     "binarize",
     "binarizers",
     "binary_size",
-    "fine_tuner",
     "hutchinson_trace",
     "layer_sizes",
     "load_binary",

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from svlab.models.reversible import ReversibleSequence
 from svlab.quant.quantize import quantize_model, quantizers
-from svlab.reversible import ReversibleSequence
 
 Quantizer = Callable[[Tensor, int], Tensor]
 
@@ -109,7 +109,7 @@ def _check_twice_differentiable(grads: Sequence[Tensor]) -> None:
             raise ValueError(
                 "the loss's gradient passes through a function without second derivatives "
                 "(@once_differentiable: e.g. a memory-saving reversible block); switch it off "
-                "for the Hessian, e.g. svlab.reversible.set_memory_saving(model, False)"
+                "for the Hessian, e.g. svlab.models.reversible.set_memory_saving(model, False)"
             )
         stack.extend(next_node for next_node, _ in node.next_functions)
 

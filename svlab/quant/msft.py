@@ -11,10 +11,7 @@ straight-through estimator (``freeze_quantized=False``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -132,83 +129,6 @@ def _freeze_quantized(model: nn.Module) -> None:
         quantizer.codebook.requires_grad_(False)
 
 
-def _default_trainer(cfg: Any, model: nn.Module) -> Any:
-    from svlab.train import train
-
-    return train(cfg, model=model)
-
-
-def fine_tuner(
-    profile: str = "ci",
-    *,
-    data_root: str | os.PathLike = "",
-    optimizer: str = "adam",
-    lr: float = 3e-4,
-    batch_size: int = 32,
-    crop_frames: int = 200,
-    seed: int = 0,
-    out_dir: str | os.PathLike | None = None,
-    head: nn.Module | None = None,
-) -> Callable[[int, nn.Module], nn.Module]:
-    """A trainer for :func:`msft`: ``trainer(steps, model)`` fine-tunes ``model`` in place.
-
-    Each call is one ``svlab.train.train`` run of ``steps`` steps, set up by
-    :func:`svlab.quant.finetune.finetune_config` (full margin, no validation) without warm-up
-    and with the learning rate decaying from ``lr`` towards ``lr / 10``. The defaults, Adam at
-    3e-4, are a tenth of the tutorial recipes' rate: a trained model is near a minimum, and
-    a larger step (SGD at 0.01 takes the tutorial ECAPA from 17.6% to 44% EER in 60 steps)
-    throws away more than the run can win back. Each call writes its files under ``out_dir``
-    (default: a temporary directory) and starts its AAM-softmax head
-    afresh: a copy of ``head`` (the full-precision model's trained head, from
-    :func:`svlab.checkpoint.load_head`) or, without one, a head imprinted from the model as it
-    is at that call; a random head would undo what the short run is meant to recover. Pass the
-    number of steps per stage as ``msft``'s ``train_cfg``. Returns the model in eval mode.
-
-    >>> fine_tuner(data_root="/no/corpus")
-    Traceback (most recent call last):
-    ...
-    svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
-    """
-    from svlab.profiles import get_profile
-    from svlab.quant.finetune import finetune_config, starting_head
-    from svlab.train import SpeakerCrops, TrainConfig, train
-
-    root = Path(data_root) if data_root else get_profile(profile).ensure_corpus()
-    steps_per_epoch = SpeakerCrops.from_corpus(root, crop_frames, seed).batches_per_epoch(
-        batch_size
-    )
-    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svlab-finetune-"))
-    runs = [0]
-
-    def trainer(steps: int, model: nn.Module) -> nn.Module:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"fine-tuning needs a positive whole number of steps, got {steps!r}")
-        runs[0] += 1
-        base = TrainConfig(
-            name=f"finetune{runs[0]}",
-            profile=profile,
-            data_root=str(root),
-            crop_frames=crop_frames,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            seed=seed,
-            out_dir=str(folder / f"run{runs[0]}"),
-        )
-        cfg = finetune_config(
-            base,
-            epochs=steps // steps_per_epoch + 1,  # the run stops before its last step
-            stop_after_steps=steps,
-            lr=lr,
-            final_lr=lr / 10,
-            warmup_epochs=0,
-            checkpoint_every=10**9,
-        )
-        train(cfg, model=model, progress=False, head=starting_head(head))
-        return model.eval()
-
-    return trainer
-
-
 def msft(
     model: nn.Module,
     bit_map: Mapping[str, int],
@@ -220,17 +140,19 @@ def msft(
     freeze_quantized: bool = True,
     granularity: str = "tensor",
     method: str = "kmeans",
-    trainer: Trainer | None = None,
+    trainer: Trainer,
     eval_fn: Callable[[nn.Module], Any] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Quantize ``model`` to ``bit_map`` stage by stage, fine-tuning after each stage.
 
     ``stages`` is a list of lists of weight names covering the bit map exactly once, or an
     order name for :func:`make_stages` (with ``n_stages`` and ``sensitivity``).
-    ``trainer(train_cfg, model)`` fine-tunes the model in place (default:
-    ``svlab.train.train(train_cfg, model=model)``). ``eval_fn(model)``, if given, is recorded
-    after every stage. Returns the quantized model and one record per stage: its number,
-    layers, bits, how many weights were quantized so far, and the evaluation.
+    ``trainer(train_cfg, model)`` fine-tunes the model in place: a
+    :func:`svlab.quant.finetune.fine_tuner` (``svlab.train`` runs, ``train_cfg`` the steps per
+    stage), ``lambda cfg, m: svlab.train.train(cfg, model=m)`` or any loop of your own.
+    ``eval_fn(model)``, if given, is recorded after every stage. Returns the quantized model
+    and one record per stage: its number, layers, bits, how many weights were quantized so
+    far, and the evaluation.
 
     >>> import torch
     >>> _ = torch.manual_seed(0)
@@ -252,7 +174,6 @@ def msft(
     if isinstance(stages, str):
         stages = make_stages(bit_map, stages, n_stages, sensitivity)
     check_stages(bit_map, stages)
-    trainer = trainer or _default_trainer
     history = []
     quantized_so_far = 0
     for number, stage in enumerate(stages, start=1):

@@ -8,7 +8,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from svlab.models import FbankResNet, bins_after, conv_bn, register
+from svlab.models.registry import register
+from svlab.models.resnet import FbankResNet, bins_after, conv_bn
 
 # ---------------------------------------------------------------- the coupling and its halves
 
