@@ -25,9 +25,9 @@ from svlab.memory import (
     project,
     project_step,
 )
+from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
 from svlab.profiles import seed_everything
-from svlab.reversible import set_memory_saving
 from svlab.step_memory import allocator_peak, trace_step
 
 RESULTS = Path(__file__).parent / "results" / "memory.json"

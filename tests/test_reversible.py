@@ -11,7 +11,7 @@ from torch import nn
 import svlab.checkpoint
 import svlab.models
 from svlab.memory import SavedTensorRecorder
-from svlab.reversible import (
+from svlab.models.reversible import (
     Coupling,
     ReversibleSequence,
     RevResNet,
@@ -166,7 +166,7 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="even number of channels"):
         Coupling(nn.Identity(), nn.Identity())(torch.zeros(1, 3, 2, 2))
     with pytest.raises(ValueError, match="needs a transition"):
-        svlab.reversible.reversible_stage(basic_coupling, 4, 8, 1, 1, transition=False)
+        svlab.models.reversible.reversible_stage(basic_coupling, 4, 8, 1, 1, transition=False)
 
 
 @pytest.mark.parametrize(

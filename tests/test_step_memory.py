@@ -11,8 +11,8 @@ from svlab.memory import (
     project,
     saved_by_module,
 )
+from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
-from svlab.reversible import set_memory_saving
 from svlab.step_memory import CATEGORIES, StepTracker, allocator_peak, trace_step
 
 TOLERANCE = 0.10  # the tracker does not see what a kernel allocates and frees inside itself
