@@ -3,6 +3,7 @@
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ from torch.nn.utils import parametrize
 from svlab.checkpoint import save_model
 from svlab.cli import main
 from svlab.export import onnx_session, to_onnx
-from svlab.models import build
+from svlab.models import build, load_pretrained
 from svlab.quant import (
     binarize,
     binarizers,
@@ -268,3 +269,29 @@ def test_cli_refuses_files_it_cannot_export(tmp_path, capsys):
     assert main(["export", str(binary), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "records no architecture" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def speechbrain_checkpoint(tmp_path) -> Path:
+    """A small SpeechBrain ECAPA_TDNN with random weights, saved as embedding_model.ckpt."""
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+    torch.manual_seed(0)
+    reference = ECAPA_TDNN(80, channels=[16, 16, 16, 16, 48], lin_neurons=8,
+                           attention_channels=8, res2net_scale=4, se_channels=8)
+    path = tmp_path / "embedding_model.ckpt"
+    torch.save(reference.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("source", ["wespeaker", "speechbrain"])
+def test_models_loaded_from_other_toolkits_export(tmp_path, source):
+    """A wespeaker ResNet34 layout (the fixture) and a SpeechBrain ECAPA-TDNN (reflection
+    padding, its own pooling), loaded, quantized to 4 bits and exported, match svlab."""
+    path = (FIXTURES / "wespeaker_resnet34_m4_avg_model.pt" if source == "wespeaker"
+            else speechbrain_checkpoint(tmp_path))
+    model = load_pretrained(path).eval()
+    quantized = quantize_model(model, 4)
+    assert_same_embeddings(quantized, to_onnx(quantized, tmp_path / "m.onnx"))
