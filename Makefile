@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: lab test lint corpus checkpoints bench assignments book app clean
+.PHONY: lab test test-fast lint corpus checkpoints bench assignments book app clean
 
 $(INSTALLED): pyproject.toml
 	@echo "svlab: installing into $(VENV) with the dev tools (a few minutes, once)"
@@ -30,6 +30,9 @@ lint: $(INSTALLED)
 test: $(INSTALLED) corpus lint
 	if [ "$$CI" = "true" ]; then bash scripts/install_browser.sh; fi
 	$(BIN)/pytest --nbval-lax --nbval-current-env tests svlab notebooks
+
+test-fast: $(INSTALLED) corpus
+	$(BIN)/pytest -m "not slow" tests svlab
 
 checkpoints: $(INSTALLED) corpus
 	$(BIN)/python scripts/make_checkpoints.py
