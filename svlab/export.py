@@ -1,5 +1,9 @@
 """ONNX export of svlab models, quantized weights kept as bit-packed indices and codebooks.
 
+Over 450 lines: one pipeline read top to bottom (compress each weight, trace, rewrite the
+graph, check it bit for bit, write atomically, run in onnxruntime), whose parts are only
+meaningful together.
+
 How the file is made
 --------------------
 A copy of the model with each quantized weight replaced by its value is traced by PyTorch's
@@ -40,7 +44,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -313,30 +316,6 @@ class _Graph:
         self.graph.node.extend(self.nodes + old)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` to a temporary file beside ``path``, fsync'd, then renamed over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ValueError(f"cannot write {path}: {err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise ValueError(f"cannot write {path}: {err}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_onnx(
     model: nn.Module, path: str | os.PathLike, *, feat_dim: int = 80, opset: int = OPSET
 ) -> Path:
@@ -385,7 +364,8 @@ def to_onnx(
         },
     )
     onnx.checker.check_model(proto)
-    _write_atomic(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    checkpoint.atomic_write(path, lambda f: f.write(data))
     return path
 
 
