@@ -15,6 +15,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
+from svlab.metrics import format_difference
 from svlab.workbench.engine import QUANTIZERS, Bits, LiveQuantizer
 from svlab.workbench.figures import (
     det_figure,
@@ -59,22 +60,30 @@ def bits_option(bits: Bits) -> str:
 
 
 def numbers_html(summary: dict[str, float], seconds: float | None = None) -> str:
-    """The numbers panel: EER and minDCF against fp32, packed size and compression ratio.
+    """The numbers panel: EER (with its 95% speaker-bootstrap interval) and minDCF against
+    fp32, the paired EER difference from fp32 on the same trials, packed size and ratio.
 
-    >>> text = numbers_html({"eer": 0.05, "min_dcf": 0.5, "fp32_eer": 0.04, "fp32_min_dcf": 0.4,
-    ...                      "size_kb": 100.0, "fp32_size_kb": 800.0, "ratio": 8.0})
-    >>> "<b class='svlab-eer'>5.00%</b>" in text, "8.0x" in text
+    >>> text = numbers_html({"eer": 0.05, "eer_low": 0.03, "eer_high": 0.08, "delta": 0.01,
+    ...                      "delta_low": -0.004, "delta_high": 0.02, "min_dcf": 0.5,
+    ...                      "fp32_eer": 0.04, "fp32_min_dcf": 0.4, "size_kb": 100.0,
+    ...                      "fp32_size_kb": 800.0, "ratio": 8.0})
+    >>> "<b class='svlab-eer'>5.00%</b> [3.0, 8.0]" in text, "not resolved" in text
     (True, True)
     """
+    delta = (summary["delta"], summary["delta_low"], summary["delta_high"])
     rows = [
-        ("EER", f"<b class='svlab-eer'>{100 * summary['eer']:.2f}%</b>",
+        ("EER (95% interval)",
+         f"<b class='svlab-eer'>{100 * summary['eer']:.2f}%</b> "
+         f"[{100 * summary['eer_low']:.1f}, {100 * summary['eer_high']:.1f}]",
          f"{100 * summary['fp32_eer']:.2f}%"),
+        ("EER - fp32, paired", f"<span class='svlab-delta'>{format_difference(delta)}</span>",
+         ""),
         ("minDCF (p=0.01)", f"<b class='svlab-mindcf'>{summary['min_dcf']:.3f}</b>",
          f"{summary['fp32_min_dcf']:.3f}"),
         ("size", f"<b class='svlab-size'>{summary['size_kb']:.1f} KB</b>",
          f"{summary['fp32_size_kb']:.1f} KB"),
         ("compression", f"<b class='svlab-ratio'>{summary['ratio']:.1f}x</b>", "1.0x"),
-    ]
+    ]  # fmt: skip
     body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
     timing = "" if seconds is None else f"<p><i>updated in {seconds:.2f} s</i></p>"
     return (
@@ -93,8 +102,10 @@ class Workbench:
     >>> from svlab.models import ResNet
     >>> _ = torch.manual_seed(0)
     >>> net = ResNet([1, 1], 2, feat_dim=8, embed_dim=4, strides=(1, 2))
-    >>> evalset = EvalSet(["a", "b", "c"], [torch.randn(3, 6, 8)], torch.zeros(3, 8),
-    ...                   [("a", "b"), ("a", "c"), ("b", "c")], np.array([1, 0, 0]))
+    >>> keys = ["s1/a.wav", "s1/b.wav", "s2/c.wav"]  # speaker/utterance, as in VoxCeleb
+    >>> evalset = EvalSet(keys, [torch.randn(3, 6, 8)], torch.zeros(3, 8),
+    ...                   [(keys[0], keys[1]), (keys[0], keys[2]), (keys[1], keys[2])],
+    ...                   np.array([1, 0, 0]))
     >>> wb = Workbench(LiveQuantizer(net, evalset))
     >>> wb.layer_sliders["embedding.weight"].value = "2"
     >>> wb.live.bits["embedding.weight"], wb.layer_picker.value
