@@ -19,7 +19,6 @@ from svlab.memory import (
     CUDA_CONTEXT_BYTES,
     GPU_2080TI_BYTES,
     CosineClassifier,
-    SavedTensorRecorder,
     breakdown,
     fits,
     project,
@@ -28,6 +27,7 @@ from svlab.memory import (
 from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
 from svlab.profiles import seed_everything
+from svlab.saved_tensors import SavedTensorRecorder
 from svlab.step_memory import allocator_peak, trace_step
 
 RESULTS = Path(__file__).parent / "results" / "memory.json"

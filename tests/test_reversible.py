@@ -10,7 +10,6 @@ from torch import nn
 
 import svlab.checkpoint
 import svlab.models
-from svlab.memory import SavedTensorRecorder
 from svlab.models.reversible import (
     Coupling,
     ReversibleSequence,
@@ -19,6 +18,7 @@ from svlab.models.reversible import (
     depth_first_coupling,
     set_memory_saving,
 )
+from svlab.saved_tensors import SavedTensorRecorder
 
 torch.set_num_threads(1)
 

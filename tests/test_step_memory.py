@@ -7,12 +7,11 @@ from torch import nn
 import svlab.models
 from svlab.memory import (
     CosineClassifier,
-    SavedTensorRecorder,
     project,
-    saved_by_module,
 )
 from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
+from svlab.saved_tensors import SavedTensorRecorder, saved_by_module
 from svlab.step_memory import CATEGORIES, StepTracker, allocator_peak, trace_step
 
 TOLERANCE = 0.10  # the tracker does not see what a kernel allocates and frees inside itself
