@@ -1,5 +1,8 @@
 """svlab's CUDA paths measured for real: step peaks against the projection, a 2080Ti cap, training.
 
+Over 450 lines: the one prepared script a GPU session runs once, with its dry run, so that
+everything the device runs is in one file and was run on the CPU first.
+
 Five sections (``--sections`` picks some, by number or name), each with a wall-clock budget;
 a section that fails records its error in the JSON and the next one runs:
 
@@ -95,6 +98,7 @@ class Sizes:
     workbench_models: list[str]
     workbench_repeats: int
     eval_per_speaker: int
+    train_steps_per_epoch: int | None = None  # set: the batch is the corpus's share of it
     cap_bytes: int | None = None  # None: GPU_2080TI_BYTES; the dry run picks one between peaks
     context_bytes: int = CUDA_CONTEXT_BYTES
     budgets: dict = field(default_factory=lambda: dict(BUDGETS))
@@ -120,11 +124,11 @@ def dry_sizes() -> Sizes:
         device="cpu", families=[("resnet18", "rev_resnet18")], overrides=TINY, batch=4,
         frames=40, classes=10,
         train_sets=["amp=true", "precompute_features=false", "workers=1", "device='cpu'",
-                    "epochs=2", "eval_every=2", "batch_size=4", "crop_frames=40",
+                    "epochs=2", "eval_every=2", "crop_frames=40",
                     f"model_args={tiny}", "log_every=1", "checkpoint_every=100000"],
         optim_model="resnet18", optim_batch=4, optim_steps=3,
         workbench_models=["tutorial"], workbench_repeats=2, eval_per_speaker=2,
-        context_bytes=0,
+        train_steps_per_epoch=4, context_bytes=0,
     )
 
 
@@ -195,6 +199,8 @@ def projection(sizes: Sizes, setting: dict, batch: int) -> pd.DataFrame:
 def step_setting(sizes: Sizes, setting: dict, batch: int, traced: bool) -> dict:
     """A warm-up step, then the measured one (allocator peaks), then optionally a traced one."""
     device = sizes.device
+    free(device)
+    leftover = torch.cuda.memory_allocated() if device == "cuda" else 0
     seed_everything(0)
     model = build(setting["model"], **sizes.overrides).to(device).train()
     head = CosineClassifier(model.embed_dim, sizes.classes).to(device)
@@ -219,6 +225,7 @@ def step_setting(sizes: Sizes, setting: dict, batch: int, traced: bool) -> dict:
     extra = allocator_peak(step, device)  # resets the CUDA peak stats before the step
     seconds = time.perf_counter() - start
     row = {"measured_peak_bytes": before + extra, "start_bytes": before, "step_s": seconds,
+           "leftover_bytes": leftover,
            "reserved_peak_bytes": torch.cuda.max_memory_reserved() if device == "cuda" else None}
     if traced:
         table = breakdown(model, optimizer, (feats, labels), loss_fn=head, restore=False)
@@ -357,6 +364,10 @@ def section_train(sizes: Sizes, budget: Budget, state: dict) -> list[dict]:
             out = tempfile.mkdtemp(prefix="bench-gpu-train-")
             sets = [*sizes.train_sets, f"optimizer='{name}'", f"optimizer_backend='{backend}'",
                     f"data_root='{state['corpus']}'", f"out_dir='{out}'"]
+            if sizes.train_steps_per_epoch:  # the same few steps on any corpus
+                listed = (Path(state["corpus"]) / "train.txt").read_text().split("\n")
+                utterances = sum(1 for line in listed if line.strip())
+                sets.append(f"batch_size={max(1, utterances // sizes.train_steps_per_epoch)}")
             cfg = TrainConfig.from_toml(TUTORIAL_CONFIG, "ci", sets)
             start = time.perf_counter()
             result = train(cfg, progress=False)
