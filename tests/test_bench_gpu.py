@@ -105,3 +105,13 @@ def test_sections_and_outputs_are_checked(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             bench_gpu.main(["--sections", "1"])
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    result = bench_gpu.main(["--dry-run", "--sections", "5", "4", "--out", str(out),
+                             "--corpus", str(tmp_path / "no-corpus")])
+    assert "no-corpus" in result["sections"]["workbench"]["error"]
+    assert result["sections"]["optim"]["error"] is None
+    assert len(result["sections"]["optim"]["rows"]) == 6
+    assert json.loads(out.read_text())["sections"]["workbench"]["rows"] == []
