@@ -34,6 +34,13 @@ made if absent ~30 s; 1 ~150 s (of it ~60 s of CPU for the projections on the me
 tiny sizes (tiny ResNets, a handful of steps; bitsandbytes on the CPU) in about a minute, and
 writes only where ``--out`` says. ``--quick`` on a CUDA machine: the resnet34 family only and
 a quarter of the training; without CUDA it runs the dry run (so ``make bench`` passes on CPUs).
+
+On a GPU machine whose Python is not svlab's (3.12, say), without installing svlab: put the
+checkout on ``PYTHONPATH``, install the missing wheels with ``pip install --no-deps``
+(bitsandbytes, soundfile and what else ``import numpy, pandas, tqdm, cffi`` finds missing), and
+run ``PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python benchmarks/bench_gpu.py --out <dir>/gpu.json``.
+bitsandbytes loads the library of ``torch.version.cuda``; where its wheel has none for that
+version, ``BNB_CUDA_VERSION`` names another (recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -528,6 +536,7 @@ def environment(device: str) -> dict:
         bnb = f"unavailable: {type(err).__name__}: {err}"[:300]
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "bitsandbytes": bnb, "device": device,
+           "BNB_CUDA_VERSION": os.environ.get("BNB_CUDA_VERSION"),
            "machine": platform.processor() or platform.machine()}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
