@@ -11,8 +11,8 @@ a section that fails records its error in the JSON and the next one runs:
    rev_dfresnet233 with fp32 Adam, svlab's Adam8bit and bitsandbytes' Adam8bit:
    ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` (reset before the measured
    step; the batch is halved on out-of-memory and the batch used is recorded), svlab's tracker
-   on the same model (:func:`svlab.memory.breakdown`, a third step) and the projection
-   (:func:`svlab.memory.project`, same batch; adam8bit's for bitsandbytes), the ratio
+   on the real step (:func:`svlab.memory.breakdown`, a third step, with fp32 Adam) and the
+   projection (:func:`svlab.memory.project`, same batch; adam8bit's for bitsandbytes), the ratio
    measured / projected, and the whole-system saving (vanilla + fp32 Adam against
    reversible + 8-bit Adam) per family beside the paper's 16.2x.
 2. ``cap``: a 2080Ti simulated with ``torch.cuda.set_per_process_memory_fraction(11 GiB /
@@ -28,9 +28,9 @@ a section that fails records its error in the JSON and the next one runs:
    one layer to 4 bits with its codebook cached, re-embed from that block, re-score) on the
    device, median of several, for the tutorial checkpoint and an (untrained) resnet34.
 
-Estimated real run on one H200 (budgets in ``BUDGETS``, under 8 minutes in all): ci corpus
-made if absent ~30 s; 1 ~150 s (of it ~60 s of CPU for the projections on the meta device);
-2 ~40 s; 3 ~120 s; 4 ~30 s; 5 ~15 s. ``--dry-run`` runs every section's code on the CPU at
+Estimated real run on one H200, about 6 minutes (the budgets in ``BUDGETS`` add up to 8): ci
+corpus made if absent ~30 s; 1 ~150 s (of it ~60-90 s of CPU for the projections on the meta
+device); 2 ~40 s; 3 ~90 s; 4 ~30 s; 5 ~15 s. ``--dry-run`` runs every section's code on the CPU at
 tiny sizes (tiny ResNets, a handful of steps; bitsandbytes on the CPU) in about a minute, and
 writes only where ``--out`` says. ``--quick`` on a CUDA machine: the resnet34 family only and
 a quarter of the training; without CUDA it runs the dry run (so ``make bench`` passes on CPUs).
