@@ -34,6 +34,21 @@ class AAMSoftmax(nn.Module):
         self.margin = margin
 
     @classmethod
+    def from_weight(cls, weight: torch.Tensor | None) -> AAMSoftmax | None:
+        """A head with these class centres (``[classes, embed_dim]``), or None for None: how
+        a head saved beside a model (or a wespeaker ``projection.weight``) comes back.
+
+        >>> AAMSoftmax.from_weight(torch.ones(5, 3)).weight.shape, AAMSoftmax.from_weight(None)
+        (torch.Size([5, 3]), None)
+        """
+        if weight is None:
+            return None
+        head = cls(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(weight)
+        return head
+
+    @classmethod
     def imprinted(
         cls,
         embeddings: torch.Tensor,

@@ -11,9 +11,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from svlab import checkpoint
+from svlab import storage
 from svlab.losses import AAMSoftmax
-from svlab.models.registry import build
+from svlab.models.registry import MODEL_FORMAT, build, from_saved
 
 SOURCES = ("wespeaker", "speechbrain")
 _PREFIXES = ("module.", "front.")
@@ -76,9 +76,10 @@ def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretr
     if source is not None and source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES} or None, got {source!r}")
     state = _read(path)
-    if state.get("format") == checkpoint.MODEL_FORMAT:
-        model, head, name, overrides = checkpoint.load_trained(path)
-        return Pretrained(model.eval(), head, name, overrides, "svlab")
+    if state.get("format") == MODEL_FORMAT:
+        head = AAMSoftmax.from_weight(state.get("head"))
+        model = from_saved(state, path)
+        return Pretrained(model.eval(), head, state["model"], state["overrides"], "svlab")
     state = _strip_prefixes(state, path)
     arch = _detect(state, path, source)
     name, overrides = arch.config(_Keys(state, path))
@@ -91,10 +92,10 @@ def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretr
 
 
 def _read(path: Path) -> dict:
-    state = checkpoint.load(path)  # unreadable files: CheckpointError naming the file
+    state = storage.load(path)  # unreadable files: CheckpointError naming the file
     if not isinstance(state, dict):
         raise PretrainedError(f"{path} is not a state dict: it holds a {type(state).__name__}")
-    if state.get("format") == checkpoint.MODEL_FORMAT:
+    if state.get("format") == MODEL_FORMAT:
         return state
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
+MODEL_FORMAT = "svlab-model-v1"  # the "format" of a saved model: name, overrides, state_dict
 
 
 def register(name: str, **defaults: Any) -> Callable:
@@ -79,3 +80,30 @@ def count_parameters(model: nn.Module) -> int:
     8
     """
     return sum(p.numel() for p in model.parameters())
+
+
+def from_saved(saved: dict, path: Any = "<memory>", name: str | None = None) -> nn.Module:
+    """The model a saved dict describes (``model`` name, ``overrides``, ``state_dict``: what
+    :func:`svlab.checkpoint.save_model` writes), built and loaded. ``name``, when given, must
+    match; weights that do not fit raise ``ValueError`` naming ``path``.
+
+    >>> net = build("resnet18", base_width=2, embed_dim=8)
+    >>> saved = {"model": "resnet18", "overrides": {"base_width": 2, "embed_dim": 8},
+    ...          "state_dict": net.state_dict()}
+    >>> from_saved(saved).embed_dim
+    8
+    >>> from_saved(saved, "m.pt", name="resnet34")
+    Traceback (most recent call last):
+    ...
+    ValueError: m.pt holds a 'resnet18' model, not 'resnet34'
+    """
+    if name is not None and name != saved["model"]:
+        raise ValueError(f"{path} holds a {saved['model']!r} model, not {name!r}")
+    model = build(saved["model"], **saved["overrides"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: weights do not fit {saved['model']!r} with {saved['overrides']}: {err}"
+        ) from err
+    return model
