@@ -131,6 +131,7 @@ HISTOGRAM = """() => {
 }"""
 
 
+@pytest.mark.slow
 def test_workbench_runs_and_reacts_in_chromium(playwright_api, lab, tmp_path):
     url, token, log = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

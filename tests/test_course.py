@@ -72,6 +72,7 @@ def test_student_versions_have_no_solutions(assignments):
         assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 def test_autograde_of_the_sources_gives_full_marks(assignments):
     course_dir, _ = assignments
     scores = course.autograde(GRADED, course_dir, "instructor")
@@ -86,6 +87,7 @@ def test_autograde_of_the_sources_gives_full_marks(assignments):
         assert all(c.execution_count for c in exercises), "grading skipped an exercise cell"
 
 
+@pytest.mark.slow
 def test_autograde_of_empty_answers_gives_less(assignments, tmp_path):
     course_dir, released = assignments
     scores = course.autograde(released, course_dir, "blank")
@@ -111,6 +113,7 @@ def _plotly_outputs(nb) -> int:
                for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
+@pytest.mark.slow
 def test_book_has_a_page_per_notebook_with_its_figures(tmp_path):
     html_dir = course.build_book(NOTEBOOKS, tmp_path / "book")
     assert (html_dir / "_static" / "plotly.min.js").stat().st_size > 1_000_000
@@ -142,6 +145,7 @@ def test_book_reader_keeps_other_outputs():
     assert nb.cells[0].outputs[0].data == {"text/plain": "1"}
 
 
+@pytest.mark.slow
 def test_app_serves_the_workbench_without_code(tmp_path):
     source = "\n".join(c.source for c in nbformat.read(course.APP_NOTEBOOK, 4).cells
                        if c.cell_type == "code")
@@ -157,6 +161,7 @@ def test_app_serves_the_workbench_without_code(tmp_path):
     assert "LiveQuantizer(model, evalset)" not in page, "Voila showed the code cells"
 
 
+@pytest.mark.slow
 def test_app_widgets_render_in_chromium(playwright_api, tmp_path):
     browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = playwright_api.chromium.launch_persistent_context(

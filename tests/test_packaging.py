@@ -37,9 +37,20 @@ def test_ci_runs_the_readme_test_command():
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
 
 
-@pytest.mark.parametrize("command", sorted(build_parser()._subparsers._group_actions[0].choices))
-def test_each_subcommand_has_help(command):
+COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0 and "usage: svlab" in capsys.readouterr().out
+
+
+def test_the_command_runs_as_a_module():
+    """``python -m svlab.cli`` in a fresh interpreter: every subcommand is registered."""
     result = subprocess.run(
-        [sys.executable, "-m", "svlab.cli", command, "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "svlab.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "usage: svlab" in result.stdout
+    assert all(command in result.stdout for command in COMMANDS)

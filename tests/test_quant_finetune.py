@@ -79,6 +79,7 @@ def test_finetune_refuses_a_plain_model():
         finetune(nn.Linear(2, 2), None)
 
 
+@pytest.mark.slow
 def test_four_bit_tutorial_resnet_fine_tuned_from_its_head_is_within_half_a_point_of_fp32():
     """The issue's target, on the committed checkpoint: 4-bit k-means, one epoch of fine-tuning
     from the trained AAM head, EER at most 0.5% (absolute) above fp32's."""
