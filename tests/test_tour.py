@@ -1,4 +1,8 @@
-"""`svlab tour` runs every notebook's main computation and its numbers tell the papers' story."""
+"""`svlab tour` runs every notebook's main computation and its numbers tell the papers' story.
+
+The tour takes minutes (it traces full-size models and quantizes the tutorial one), so the
+tests that run it are marked slow: ``make test`` runs them, ``make test-fast`` does not.
+"""
 
 import pandas as pd
 import pytest
@@ -15,6 +19,7 @@ def table():
     return run_tour("ci", report=MESSAGES.append).set_index("what")["value"]
 
 
+@pytest.mark.slow
 def test_tour_reports_each_part_in_order(table):
     assert [m.split()[0] for m in MESSAGES] == ["00", "01-02", "03", "04-06"]
 
@@ -23,6 +28,7 @@ def number(table, what):
     return float(table[what])
 
 
+@pytest.mark.slow
 def test_tour_covers_every_notebook(table):
     assert set(table.index) >= {
         "tutorial model EER", "rev_resnet34 + 8-bit Adam, saving",
@@ -31,6 +37,7 @@ def test_tour_covers_every_notebook(table):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tour_numbers_are_the_papers_effects(table):
     assert number(table, "tutorial model EER") < number(table, "mean-fbank baseline EER") / 2
     assert number(table, "rev_resnet34 + 8-bit Adam, saving") >= 2
