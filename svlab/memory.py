@@ -209,9 +209,9 @@ def _projected(
     model.train()
     params = [*model.parameters(), *([] if head is None else head.parameters())]
     opt = make_optimizer(params, optimizer.replace("adamw", "adam"), lr=1e-3)
-    loss = model(features).square().mean() if head is None else head(model(features), labels)
-    loss.backward()
-    opt.step()  # a warm-up step, untraced: the optimizer states now exist
+    for p in params:  # an untraced warm-up step on zero gradients creates the optimizer
+        p.grad = torch.zeros_like(p)  # states, as they exist from a run's second step on
+    opt.step()
     return trace_step(model, opt, features, labels, head)
 
 
@@ -231,9 +231,9 @@ def project_step(
     dev; 0 for none), its optimizer (``sgd`` with momentum, ``adam``, ``adamw``, or svlab's
     ``sgd8bit``, ``adam8bit``, ``adamw8bit``) and a ``batch_size x frames x feat_dim``
     batch are built on the meta device, which has shapes but no data. A warm-up step
-    creates the optimizer states; the second step is traced by
-    :func:`svlab.step_memory.trace_step`, forward, backward (reversible recomputation
-    included) and optimizer step. The CUDA context and what kernels allocate inside
+    creates the optimizer states (one optimizer step on zero gradients); the next step is
+    traced by :func:`svlab.step_memory.trace_step`, forward, backward (reversible
+    recomputation included) and optimizer step. The CUDA context and what kernels allocate inside
     themselves (workspaces) are not included: see :data:`CUDA_CONTEXT_BYTES`. Results are
     cached, so moving a slider back is instant.
 
