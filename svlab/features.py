@@ -8,6 +8,17 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 
+def _batch_of_waves(waves: torch.Tensor, front_end: str) -> torch.Tensor:
+    """``waves`` as a batch ``[B, N]`` (one waveform ``[N]`` becomes a batch of one)."""
+    if waves.dim() == 1:
+        waves = waves.unsqueeze(0)
+    if waves.dim() != 2:
+        raise ValueError(
+            f"{front_end} expects waveforms [B, N] or [N], got shape {tuple(waves.shape)}"
+        )
+    return waves
+
+
 def fbank(
     waves: torch.Tensor,
     sample_rate: int = 16000,
@@ -26,10 +37,7 @@ def fbank(
     >>> fbank(torch.zeros(2, 16000) + 0.01 * torch.randn(2, 16000)).shape
     torch.Size([2, 98, 80])
     """
-    if waves.dim() == 1:
-        waves = waves.unsqueeze(0)
-    if waves.dim() != 2:
-        raise ValueError(f"fbank expects waveforms [B, N] or [N], got shape {tuple(waves.shape)}")
+    waves = _batch_of_waves(waves, "fbank")
     window = int(0.025 * sample_rate)
     if waves.shape[1] < window:
         raise ValueError(
@@ -88,12 +96,7 @@ def speechbrain_fbank(
     >>> speechbrain_fbank(0.01 * torch.randn(2, 16000)).shape
     torch.Size([2, 101, 80])
     """
-    if waves.dim() == 1:
-        waves = waves.unsqueeze(0)
-    if waves.dim() != 2:
-        raise ValueError(
-            f"speechbrain_fbank expects waveforms [B, N] or [N], got shape {tuple(waves.shape)}"
-        )
+    waves = _batch_of_waves(waves, "speechbrain_fbank")
     n_fft, hop = round(0.025 * sample_rate), round(0.010 * sample_rate)
     if waves.shape[1] <= n_fft // 2:
         raise ValueError(
