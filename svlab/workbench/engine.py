@@ -133,6 +133,8 @@ class LiveQuantizer:
         self._quantized: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._traces: dict[int, dict[str, float]] = {}
         self.cache = PrefixCache(self.model, evalset.batches)
+        speakers = np.array([[key.split("/")[0] for key in pair] for pair in evalset.pairs])
+        self._trial_speakers = (speakers[:, 0], speakers[:, 1])  # for the EER intervals
         self.fp32 = self._rescore(changed=None)
         self.current = self.fp32
 
@@ -318,8 +320,7 @@ class LiveQuantizer:
         speakers are the first part of each utterance's path, as in VoxCeleb."""
         fp32_size = self.size_bytes(dict.fromkeys(self.layers))
         size = self.size_bytes()
-        speakers = np.array([[key.split("/")[0] for key in pair] for pair in self.evalset.pairs])
-        trials = (self.evalset.labels, speakers[:, 0], speakers[:, 1])
+        trials = (self.evalset.labels, *self._trial_speakers)
         options = {"resamples": INTERVAL_RESAMPLES, "seed": 0}
         _, low, high = eer_interval(self.current.scores, *trials, **options)
         delta = eer_difference_interval(self.fp32.scores, self.current.scores, *trials, **options)
