@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 
-from svlab.data.audio import AudioError, load_audio
+from svlab.data import audio as audio_io
+from svlab.data.audio import AudioError, ResampleWarning, load_audio, read_audio
 from svlab.data.corpora import Profile, get_profile
-from svlab.data.dataset import SpeakerCrops, crop_samples, fit_length, load_utterances
+from svlab.data.dataset import (
+    SAMPLE_RATE,
+    SpeakerCrops,
+    crop_samples,
+    fit_length,
+    load_utterances,
+)
 from svlab.data.synth import synthesize_corpus
 from svlab.data.voxceleb import (
     CorpusError,
@@ -26,6 +35,7 @@ __all__ = [
     "AudioError",
     "CorpusError",
     "Profile",
+    "ResampleWarning",
     "SpeakerCrops",
     "Trial",
     "Utterance",
@@ -35,6 +45,7 @@ __all__ = [
     "get_profile",
     "load_audio",
     "load_utterances",
+    "read_audio",
     "read_train_list",
     "read_trials",
     "register_cli",
@@ -47,32 +58,37 @@ __all__ = [
 
 
 def check_corpus(root: str | Path, read_audio: bool = True) -> dict:
-    """Check that every file of ``root/train.txt`` and ``root/trials/*.txt`` exists (and reads).
+    """Check every file of ``root/train.txt`` and ``root/trials/*.txt``: it exists (and reads).
 
-    Returns the counts; raises :class:`CorpusError` or :class:`AudioError` naming the first
-    bad file (and line).
+    Returns the counts and every problem found in one pass: ``problems`` holds one message per
+    bad file (a listed file that does not exist, naming the list and the first line naming it;
+    audio that does not read, saying why), ``files`` the number of distinct files listed and
+    ``sample_rates`` how many of them are at each rate. A malformed list raises
+    :class:`CorpusError` naming its line.
 
     >>> import tempfile, pathlib
     >>> root = synthesize_corpus(pathlib.Path(tempfile.mkdtemp()) / "c", n_train_speakers=2,
     ...     n_test_speakers=2, sessions_per_speaker=2, utterances_per_session=1,
     ...     train_seconds=(0.5, 0.5), test_seconds=(0.5, 0.5))
-    >>> check_corpus(root)["train_speakers"]
-    2
+    >>> counts = check_corpus(root)
+    >>> counts["train_speakers"], counts["files"], counts["sample_rates"], counts["problems"]
+    (2, 8, {'16000': 8}, [])
     """
     root = Path(root)
-    audio = wav_dir(root)
+    wavs = wav_dir(root)
     trial_lists = sorted((root / "trials").glob("*.txt"))
     if not (root / "train.txt").is_file() and not trial_lists:
         raise CorpusError(f"{root} has neither a train.txt nor trials/*.txt")
     counts: dict = {"root": str(root)}
     paths: set[str] = set()
+    missing: dict[str, str] = {}
     if (root / "train.txt").is_file():
-        train = read_train_list(root / "train.txt", wav_root=root)
+        train = read_train_list(root / "train.txt", wav_root=root, missing=missing)
         paths.update(u.path for u in train)
         counts["train_speakers"] = len({u.speaker for u in train})
         counts["train_utterances"] = len(train)
     for trial_list in trial_lists:
-        trials = read_trials(trial_list, wav_root=root)
+        trials = read_trials(trial_list, wav_root=root, missing=missing)
         tested = {t.enroll for t in trials} | {t.test for t in trials}
         paths.update(tested)
         counts[f"trials/{trial_list.name}"] = {
@@ -81,9 +97,17 @@ def check_corpus(root: str | Path, read_audio: bool = True) -> dict:
             "utterances": len(tested),
             "speakers": len({p.split("/")[0] for p in tested}),
         }
+    problems = dict(missing)
+    rates: Counter = Counter()
     if read_audio:
-        for path in sorted(paths):
-            load_audio(audio / path)
+        for path in sorted(paths - missing.keys()):
+            try:
+                rates[audio_io.read_audio(wavs / path)[1]] += 1
+            except AudioError as err:
+                problems[path] = str(err)
+    counts["files"] = len(paths)
+    counts["sample_rates"] = {str(rate): n for rate, n in sorted(rates.items(), reverse=True)}
+    counts["problems"] = [problems[path] for path in sorted(problems)]
     return counts
 
 
@@ -109,7 +133,18 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    print(json.dumps(check_corpus(args.root, read_audio=not args.no_audio), indent=1))
+    counts = check_corpus(args.root, read_audio=not args.no_audio)
+    problems = counts.pop("problems")
+    print(json.dumps(counts, indent=1))
+    for rate, n in counts["sample_rates"].items():
+        if int(rate) != SAMPLE_RATE:
+            print(f"{n} file{'s' * (n != 1)} at {rate} Hz will be resampled to {SAMPLE_RATE} Hz")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} of {counts['files']} files are bad", file=sys.stderr)
+        return 1
+    print(f"all {counts['files']} listed files exist" + ("" if args.no_audio else " and read"))
     return 0
 
 
@@ -126,7 +161,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     >>> parser.parse_args(["data", "check", "/x"]).root
     '/x'
     """
-    data = subparsers.add_parser("data", help="make, check and list speech corpora")
+    data = subparsers.add_parser(
+        "data",
+        help="make, check and list speech corpora",
+        description="Speech corpora in the VoxCeleb layout (ROOT/wav/<speaker>/<session>/"
+        "<utt>.wav, ROOT/train.txt, ROOT/trials/*.txt): make the synthetic one, check one, "
+        "or list one's training files.",
+    )
     commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     synth = commands.add_parser(
@@ -135,7 +176,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Generate the synthetic VoxCeleb-layout corpus (see data/README.md).",
     )
     synth.add_argument("--root", help="where to write it (default: the profile's data root)")
-    synth.add_argument("--profile", default=None, help="ci (default), laptop")
+    synth.add_argument(
+        "--profile",
+        default=None,
+        choices=["ci", "laptop"],
+        help="whose corpus settings and root (default: $SVLAB_PROFILE or ci)",
+    )
     synth.add_argument("--seed", type=int, default=None, help="default: the profile's seed")
     synth.add_argument(
         "--difficulty",
@@ -150,8 +196,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check",
         help="check a corpus: every listed file exists and reads",
-        description="Check ROOT/train.txt and ROOT/trials/*.txt; print speaker, utterance "
-        "and trial counts.",
+        description="Check ROOT/train.txt and ROOT/trials/*.txt: print speaker, utterance, "
+        "trial and sample-rate counts, then one line per bad file (missing, unreadable, empty "
+        "or silent) and how many are bad; exit status 1 if any is.",
     )
     check.add_argument("root", help="corpus root (holding wav/, train.txt, trials/)")
     check.add_argument("--no-audio", action="store_true", help="check existence only")

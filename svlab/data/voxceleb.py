@@ -74,17 +74,29 @@ def _lines(path: Path):
                 yield number, line.split()
 
 
-def _check_exists(path: Path, number: int, name: str, audio: Path | None) -> None:
-    if audio is not None and not (audio / name).is_file():
-        raise CorpusError(f"{path}:{number}: audio file {name} is not in the corpus ({audio})")
+def _check_exists(
+    path: Path, number: int, role: str, name: str, audio: Path | None, missing: dict | None
+) -> None:
+    """Raise the error for a listed file not in ``audio`` or, given ``missing``, record it there
+    (``name``: the message of the first line naming it)."""
+    if audio is None or (audio / name).is_file():
+        return
+    message = f"{path} line {number}: {role} file {name} does not exist in {audio}"
+    if missing is None:
+        raise CorpusError(message)
+    missing.setdefault(name, message)
 
 
 def read_train_list(
-    path: str | os.PathLike, wav_root: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    wav_root: str | os.PathLike | None = None,
+    missing: dict[str, str] | None = None,
 ) -> list[Utterance]:
     """Read a train list of ``<speaker> <speaker>/<session>/<utt>.wav`` lines.
 
-    With ``wav_root`` (a corpus root or its ``wav/`` folder) every file must exist there.
+    With ``wav_root`` (a corpus root or its ``wav/`` folder) every file must exist there: the
+    first that does not raises :class:`CorpusError` naming the list's line, or, given a
+    ``missing`` dict, each is recorded there (file: the message naming its first line).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "train.txt"
@@ -99,20 +111,25 @@ def read_train_list(
         parts = fields[1].split("/") if len(fields) == 2 else []
         if len(parts) != 3 or parts[0] != fields[0]:
             raise CorpusError(
-                f"{path}:{number}: expected '<speaker> <speaker>/<session>/<utt>.wav', "
+                f"{path} line {number}: expected '<speaker> <speaker>/<session>/<utt>.wav', "
                 f"got {' '.join(fields)!r}"
             )
-        _check_exists(path, number, fields[1], audio)
+        _check_exists(path, number, "audio", fields[1], audio, missing)
         utterances.append(Utterance(fields[0], parts[1], fields[1]))
     if not utterances:
         raise CorpusError(f"train list {path} is empty")
     return utterances
 
 
-def read_trials(path: str | os.PathLike, wav_root: str | os.PathLike | None = None) -> list[Trial]:
+def read_trials(
+    path: str | os.PathLike,
+    wav_root: str | os.PathLike | None = None,
+    missing: dict[str, str] | None = None,
+) -> list[Trial]:
     """Read a VoxCeleb trial list: ``<1|0> <enroll path> <test path>`` per line.
 
-    With ``wav_root`` (a corpus root or its ``wav/`` folder) every named file must exist.
+    With ``wav_root`` (a corpus root or its ``wav/`` folder) every named file must exist, as
+    for :func:`read_train_list` (``missing`` collects them all instead of raising).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "trials.txt"
@@ -120,7 +137,7 @@ def read_trials(path: str | os.PathLike, wav_root: str | os.PathLike | None = No
     >>> read_trials(p)
     Traceback (most recent call last):
     ...
-    svlab.data.voxceleb.CorpusError: ...trials.txt:2: label must be 1 or 0, got 'yes'
+    svlab.data.voxceleb.CorpusError: ...trials.txt line 2: label must be 1 or 0, got 'yes'
     """
     path = Path(path)
     audio = wav_dir(wav_root) if wav_root is not None else None
@@ -128,13 +145,13 @@ def read_trials(path: str | os.PathLike, wav_root: str | os.PathLike | None = No
     for number, fields in _lines(path):
         if len(fields) != 3:
             raise CorpusError(
-                f"{path}:{number}: expected '<1|0> <enroll path> <test path>', "
+                f"{path} line {number}: expected '<1|0> <enroll path> <test path>', "
                 f"got {len(fields)} fields"
             )
         if fields[0] not in ("0", "1"):
-            raise CorpusError(f"{path}:{number}: label must be 1 or 0, got {fields[0]!r}")
-        for name in fields[1:]:
-            _check_exists(path, number, name, audio)
+            raise CorpusError(f"{path} line {number}: label must be 1 or 0, got {fields[0]!r}")
+        for role, name in zip(("enrol", "test"), fields[1:], strict=True):
+            _check_exists(path, number, role, name, audio, missing)
         trials.append(Trial(int(fields[0]), fields[1], fields[2]))
     if not trials:
         raise CorpusError(f"trial list {path} is empty")
