@@ -9,14 +9,16 @@ numbers back from ``wb.numbers.value`` exactly as a learner sees them.
 from __future__ import annotations
 
 import html
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
 
 import ipywidgets as w
 import plotly.graph_objects as go
 
 from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
 from svlab.metrics import format_difference
-from svlab.workbench.engine import QUANTIZERS, Bits, LiveQuantizer
+from svlab.workbench.engine import BINARY_SCHEMES, QUANTIZERS, Bits, LiveQuantizer
 from svlab.workbench.figures import (
     det_figure,
     histogram_figure,
@@ -39,6 +41,9 @@ GUIDE = (
     "others use k-means); the adaptive one starts equal to the static one, its scale and "
     "threshold are learned only by fine-tuning (notebook 06)."
 )
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+BUSY_CSS = "<style>.svlab-busy {opacity: 0.6; cursor: progress;}</style>"
+STATIC_NOTE = "{name}: interactive, live when the notebook runs in Jupyter with its kernel"
 
 
 def bits_value(option: str) -> Bits:
@@ -59,7 +64,7 @@ def bits_option(bits: Bits) -> str:
     return "fp32" if bits is None else str(bits)
 
 
-def numbers_html(summary: dict[str, float], seconds: float | None = None) -> str:
+def numbers_html(summary: dict[str, float]) -> str:
     """The numbers panel: EER (with its 95% speaker-bootstrap interval) and minDCF against
     fp32, the paired EER difference from fp32 on the same trials, packed size and ratio.
 
@@ -85,17 +90,79 @@ def numbers_html(summary: dict[str, float], seconds: float | None = None) -> str
         ("compression", f"<b class='svlab-ratio'>{summary['ratio']:.1f}x</b>", "1.0x"),
     ]  # fmt: skip
     body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
-    timing = "" if seconds is None else f"<p><i>updated in {seconds:.2f} s</i></p>"
-    return (
-        "<table style='font-size:14px'><tr><th></th><th>now</th><th>fp32</th></tr>"
-        f"{body}</table>{timing}"
-    )
+    head = "<tr><th></th><th>now</th><th>fp32</th></tr>"
+    return f"<table style='font-size:14px'>{head}{body}</table>"
+
+
+class FigureView:
+    """A plotly figure shown in an ipywidgets ``Output``, sent whole on every :meth:`show`.
+
+    An Output's content is widget state that the kernel holds: a reloaded browser tab (or a
+    second view of the cell) shows the figure as it is now. A plotly FigureWidget sends only
+    changes, which a view that was not open at the time never receives, so after a reload its
+    title and bars could come from different moves. ``figure`` is the Python state to change.
+
+    >>> view = FigureView(go.Figure(go.Bar(y=[1, 2]), layout={"title": "a"}), "svlab-x")
+    >>> view.figure.layout.title.text = "b"; view.show()
+    >>> view.output.outputs[0]["data"][PLOTLY_MIME]["layout"]["title"]["text"]
+    'b'
+    """
+
+    def __init__(self, figure: go.Figure, css_class: str) -> None:
+        self.figure = figure
+        self.output = w.Output(layout=w.Layout(flex="1 1 360px", min_width="300px"))
+        self.output.add_class(css_class)
+        self.show()
+
+    def show(self) -> None:
+        """Send the figure's current data and layout to every view."""
+        bundle = {**self.figure.to_plotly_json(), "config": {"responsive": True,
+                                                             "displaylogo": False}}
+        title = self.figure.layout.title.text or "figure"
+        self.output.outputs = ({
+            "output_type": "display_data",
+            "data": {PLOTLY_MIME: bundle, "text/plain": f"plotly figure: {title}"},
+            "metadata": {},
+        },)
+
+
+def pick_summary(deltas: dict[str, float], bit_map: dict[str, Bits], tolerance: float) -> str:
+    """One or two lines on a sensitivity pick: how many layers were quantized, and the kept
+    ones nearest the ``tolerance`` (EER changes as fractions, shown in % points).
+
+    >>> print(pick_summary({"a": 0.02, "b": 0.009, "c": 0.001}, {"a": None, "b": None, "c": 2},
+    ...                    0.005))
+    1 of 3 layers at 2 bits (EER +0.10 points alone); 2 kept fp32, the closest: b +0.90, a +2.00
+    >>> print(pick_summary({"a": 0.02, "b": 0.009}, {"a": None, "b": None}, 0.005))
+    no layer stays within +0.50 points alone: all 2 kept fp32, the closest: b +0.90, a +2.00. \
+Raise the tolerance to 0.9 or pick more bits.
+    """
+    picked = [layer for layer, bits in bit_map.items() if bits is not None]
+    kept = sorted((layer for layer in bit_map if bit_map[layer] is None), key=deltas.get)
+    closest = ", ".join(f"{_short(layer)} {100 * deltas[layer]:+.2f}" for layer in kept[:3])
+    more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+    if not picked:
+        return (f"no layer stays within +{100 * tolerance:.2f} points alone: all {len(kept)} "
+                f"kept fp32, the closest: {closest}{more}. Raise the tolerance to "
+                f"{100 * deltas[kept[0]]:.1f} or pick more bits.")
+    worst = max(deltas[layer] for layer in picked)
+    text = (f"{len(picked)} of {len(bit_map)} layers at {bit_map[picked[0]]} bits "
+            f"(EER {100 * worst:+.2f} points alone)")
+    return text + (f"; {len(kept)} kept fp32, the closest: {closest}{more}" if kept else "")
+
+
+def _short(layer: str) -> str:
+    return layer.removesuffix(".weight")
 
 
 class Workbench:
     """Per-layer bits sliders, a global one, quantizer and presets, and the live panels.
 
     ``budget_kb`` starts the mixed-precision budget (default: an eighth of the fp32 size).
+    While an action computes, the panel carries the CSS class ``svlab-busy`` (dimmed), every
+    control is disabled and :attr:`status` says what is computing; the long presets move
+    :attr:`progress`. Afterwards :attr:`status` gives the seconds from the event to the last
+    figure sent.
 
     >>> import numpy as np, torch
     >>> from svlab.evaluate import EvalSet
@@ -108,23 +175,25 @@ class Workbench:
     ...                   np.array([1, 0, 0]))
     >>> wb = Workbench(LiveQuantizer(net, evalset))
     >>> wb.layer_sliders["embedding.weight"].value = "2"
-    >>> wb.live.bits["embedding.weight"], wb.layer_picker.value
-    (2, 'embedding.weight')
+    >>> wb.live.bits["embedding.weight"], wb.layer_picker.value, wb.global_slider.disabled
+    (2, 'embedding.weight', False)
     """
 
     def __init__(self, live: LiveQuantizer, budget_kb: float | None = None) -> None:
         self.live = live
-        self._busy = False
-        layout = w.Layout(width="420px")
-        style = {"description_width": "170px"}
+        self._depth = 0  # actions under way (one inside another: the outer one reports)
+        self._syncing = False  # controls being set to match the state: not user events
+        wide = {"description_width": "initial"}
+        slider_style = {"description_width": "170px"}
+        slider_layout = w.Layout(width="100%", max_width="430px")
         self.global_slider = w.SelectionSlider(
             options=BITS_OPTIONS, value="fp32", description="all layers",
-            continuous_update=False, layout=layout, style=style,
+            continuous_update=False, layout=slider_layout, style=slider_style,
         )
         self.layer_sliders = {
             layer: w.SelectionSlider(
-                options=BITS_OPTIONS, value="fp32", description=layer.removesuffix(".weight"),
-                continuous_update=False, layout=layout, style=style,
+                options=BITS_OPTIONS, value="fp32", description=_short(layer),
+                continuous_update=False, layout=slider_layout, style=slider_style,
             )
             for layer in live.layers
         }
@@ -132,34 +201,78 @@ class Workbench:
             slider.add_class("svlab-layer-slider")
         self.quantizer = w.Dropdown(
             options=[(QUANTIZER_LABELS[q], q) for q in QUANTIZERS], value=live.quantizer,
-            description="quantizer",
+            description="quantizer", style=wide,
         )
         self.granularity = w.ToggleButtons(
             options=["tensor", "channel"], value=live.granularity, description="codebooks",
-            tooltips=["one codebook per layer", "one codebook per output channel"],
+            tooltips=["one codebook per layer", "one codebook per output channel"], style=wide,
         )
-        self.layer_picker = w.Dropdown(options=live.layers, description="histogram of")
+        self.layer_picker = w.Dropdown(options=live.layers, description="histogram of",
+                                       style=wide)
         self.preset_buttons = {
             bits: w.Button(description=f"uniform {bits} bit") for bits in (8, 4, 2)
         }
         fp32_kb = live.size_bytes(dict.fromkeys(live.layers)) / 1024
         self.budget = w.FloatText(
-            value=round(budget_kb or fp32_kb / 8, 1), description="budget (KB)"
+            value=round(budget_kb or fp32_kb / 8, 1), description="budget (KB)", style=wide,
+            layout=w.Layout(width="180px"),
         )
         self.mixed_button = w.Button(description="mixed precision", button_style="info")
-        self.pick_bits = w.Dropdown(options=BITS_OPTIONS[:-1], value="2", description="pick at")
-        self.tolerance = w.FloatText(value=0.5, description="max +EER (%)")
+        self.pick_bits = w.Dropdown(options=BITS_OPTIONS[:-1], value="2", description="pick at",
+                                    style=wide, layout=w.Layout(width="110px"))
+        self.tolerance = w.FloatText(value=0.5, description="max EER rise (% points)",
+                                     style=wide, layout=w.Layout(width="230px"))
         self.pick_button = w.Button(description="sensitivity pick", button_style="info")
         self.message = w.HTML()
+        self.message.add_class("svlab-message")
+        self.status = w.HTML()
+        self.status.add_class("svlab-status")
+        self.progress = w.IntProgress(min=0, max=1, layout=w.Layout(visibility="hidden"))
+        self.progress.add_class("svlab-progress")
         self.numbers = w.HTML()
         self.numbers.add_class("svlab-numbers")
-        self.histogram = go.FigureWidget(histogram_figure())
-        self.histogram.add_class("svlab-histogram")
-        self.det = go.FigureWidget(det_figure())
-        self.det.add_class("svlab-det")
+        self.histogram_view = FigureView(histogram_figure(), "svlab-histogram")
+        self.det_view = FigureView(det_figure(), "svlab-det")
+        self.histogram, self.det = self.histogram_view.figure, self.det_view.figure
         set_det(self.det, 0, live.fp32.far, live.fp32.frr)
+        self.panel = self._layout()
         self._connect()
         self.refresh()
+
+    def _layout(self) -> w.VBox:
+        wrap = w.Layout(flex_flow="row wrap", align_items="center")
+        presets = w.VBox([
+            w.HBox([self.quantizer, self.granularity], layout=wrap),
+            w.HBox(list(self.preset_buttons.values()), layout=wrap),
+            w.HBox([self.budget, self.mixed_button], layout=wrap),
+            w.HBox([self.pick_bits, self.tolerance, self.pick_button], layout=wrap),
+            w.HBox([self.status, self.progress], layout=wrap),
+            self.message,
+        ])
+        sliders = w.VBox(
+            [self.global_slider, *self.layer_sliders.values()],
+            layout=w.Layout(max_height="420px", overflow="auto", flex="0 1 440px",
+                            min_width="300px"),
+        )
+        panels = w.VBox(
+            [w.HBox([self.numbers, self.layer_picker], layout=wrap),
+             w.HBox([self.histogram_view.output, self.det_view.output], layout=wrap)],
+            layout=w.Layout(flex="1 1 620px", min_width="0"),
+        )
+        panel = w.VBox(
+            [w.HTML(BUSY_CSS + f"<p>{GUIDE}</p>"), presets,
+             w.HBox([sliders, panels], layout=w.Layout(flex_flow="row wrap", width="100%"))],
+            layout=w.Layout(width="100%"),
+        )
+        panel.add_class("svlab-workbench")
+        return panel
+
+    @property
+    def controls(self) -> list[w.Widget]:
+        """Every control a learner can use (all disabled while an action computes)."""
+        return [self.global_slider, *self.layer_sliders.values(), self.quantizer,
+                self.granularity, self.layer_picker, *self.preset_buttons.values(),
+                self.budget, self.mixed_button, self.pick_bits, self.tolerance, self.pick_button]
 
     # ---- wiring ----
     def _connect(self) -> None:
@@ -168,62 +281,117 @@ class Workbench:
             slider.observe(lambda change, layer=layer: self._on_layer(layer, change), names="value")
         self.quantizer.observe(self._on_quantizer, names="value")
         self.granularity.observe(self._on_quantizer, names="value")
-        self.layer_picker.observe(lambda change: self.refresh(), names="value")
+        self.layer_picker.observe(self._on_pick_layer, names="value")
         for bits, button in self.preset_buttons.items():
-            button.on_click(lambda _, bits=bits: self.apply(dict.fromkeys(self.live.layers, bits)))
+            button.on_click(lambda _, bits=bits: self.apply(dict.fromkeys(self.live.layers, bits),
+                                                            f"uniform {bits} bit"))
         self.mixed_button.on_click(lambda _: self.apply_mixed())
         self.pick_button.on_click(lambda _: self.apply_pick())
 
-    def _on_layer(self, layer: str, change: dict) -> None:
-        if self._busy:
+    @contextmanager
+    def _action(self, what: str) -> Iterator[None]:
+        """Busy while the block runs (cleared even if it raises), then the time it took."""
+        self._depth += 1
+        if self._depth > 1:
+            try:
+                yield
+            finally:
+                self._depth -= 1
             return
-        start = time.perf_counter()
-        self.layer_picker.value = layer
-        self.live.set_bits(layer, bits_value(change["new"]))
-        self.refresh(time.perf_counter() - start)
+        start = perf_counter()
+        self.panel.add_class("svlab-busy")
+        for control in self.controls:
+            control.disabled = True
+        self.status.value = f"<i>computing {html.escape(what)}...</i>"
+        try:
+            yield
+        finally:
+            self._depth = 0
+            self.progress.layout.visibility = "hidden"
+            for control in self.controls:
+                control.disabled = False
+            self.panel.remove_class("svlab-busy")
+            self.status.value = (f"<i>{html.escape(what)}: updated in "
+                                 f"{perf_counter() - start:.2f} s</i>")
+
+    @contextmanager
+    def _sync(self) -> Iterator[None]:
+        """Set controls to match the state without acting on the change."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def _step(self, done: int, total: int) -> None:
+        """A long action's progress: the bar, visible until the action ends."""
+        self.progress.max, self.progress.value = total, done
+        self.progress.description = f"{done}/{total}"
+        self.progress.layout.visibility = "visible"
+
+    def _on_layer(self, layer: str, change: dict) -> None:
+        if self._syncing:
+            return
+        with self._action(f"{_short(layer)} at {change['new']}"):
+            with self._sync():
+                self.layer_picker.value = layer
+            self._report(lambda: self.live.set_bits(layer, bits_value(change["new"])))
+            self.refresh()
 
     def _on_global(self, change: dict) -> None:
-        if not self._busy:
-            self.apply(dict.fromkeys(self.live.layers, bits_value(change["new"])))
+        if not self._syncing:
+            self.apply(dict.fromkeys(self.live.layers, bits_value(change["new"])),
+                       f"all layers at {change['new']}")
+
+    def _on_pick_layer(self, change: dict) -> None:
+        if not self._syncing:
+            with self._action(f"histogram of {_short(change['new'])}"):
+                self._draw_histogram()
 
     def _on_quantizer(self, change: dict) -> None:
-        start = time.perf_counter()
-        self._report(lambda: self.live.set_quantizer(self.quantizer.value, self.granularity.value))
-        if self.quantizer.value in ("sign", "static", "adaptive") and not self._busy:
-            self.apply(dict.fromkeys(self.live.layers, 1))
-        self.refresh(time.perf_counter() - start)
+        if self._syncing:
+            return
+        with self._action(f"{QUANTIZER_LABELS[self.quantizer.value]}, "
+                          f"{self.granularity.value} codebooks"):
+            self._report(lambda: self.live.set_quantizer(self.quantizer.value,
+                                                         self.granularity.value))
+            if self.quantizer.value in BINARY_SCHEMES:
+                self.apply(dict.fromkeys(self.live.layers, 1))
+            self.refresh()
 
     # ---- actions ----
-    def apply(self, bit_map: dict[str, Bits]) -> None:
+    def apply(self, bit_map: dict[str, Bits], what: str = "bits") -> None:
         """Set many layers at once (one re-scoring) and move their sliders to match."""
-        start = time.perf_counter()
-        self._report(lambda: self.live.set_bit_map(bit_map))
-        self._busy = True
-        try:
-            for layer, slider in self.layer_sliders.items():
-                slider.value = bits_option(self.live.bits[layer])
-            widths = set(self.live.bits.values())
-            if len(widths) == 1:
-                self.global_slider.value = bits_option(widths.pop())
-        finally:
-            self._busy = False
-        self.refresh(time.perf_counter() - start)
+        with self._action(what):
+            self._report(lambda: self.live.set_bit_map(bit_map))
+            with self._sync():
+                for layer, slider in self.layer_sliders.items():
+                    slider.value = bits_option(self.live.bits[layer])
+                widths = set(self.live.bits.values())
+                if len(widths) == 1:
+                    self.global_slider.value = bits_option(widths.pop())
+            self.refresh()
 
     def apply_mixed(self) -> None:
         """The mixed-precision preset: least Hessian sensitivity within the KB budget."""
-        bit_map = self._report(lambda: self.live.mixed_precision(1024 * self.budget.value))
-        if bit_map is not None:
-            self.apply(bit_map)
-            self.message.value += f"<br>mixed precision for {self.budget.value:g} KB applied"
+        budget = self.budget.value
+        with self._action(f"mixed precision for {budget:g} KB"):
+            bit_map = self._report(
+                lambda: self.live.mixed_precision(1024 * budget, progress=self._step)
+            )
+            if bit_map is not None:
+                self.apply(bit_map)
+                self.message.value = f"mixed precision for {budget:g} KB applied"
 
     def apply_pick(self) -> None:
         """The layer-wise sensitivity preset: quantize the layers that tolerate it alone."""
         bits, tolerance = int(self.pick_bits.value), self.tolerance.value / 100
-        bit_map = self._report(lambda: self.live.sensitivity_pick(bits, tolerance))
-        if bit_map is not None:
-            self.apply(bit_map)
-            kept = [layer for layer, b in bit_map.items() if b is None]
-            self.message.value += f"<br>kept fp32: {html.escape(', '.join(kept) or 'none')}"
+        with self._action(f"sensitivity pick at {bits} bits"):
+            deltas = self._report(lambda: self.live.delta_eer(bits, progress=self._step))
+            if deltas is not None:
+                bit_map = self.live.sensitivity_pick(bits, tolerance)
+                self.apply(bit_map)
+                self.message.value = html.escape(pick_summary(deltas, bit_map, tolerance))
 
     def _report(self, action):
         """Run ``action``; a ValueError (a budget too small...) is shown, not raised."""
@@ -236,58 +404,31 @@ class Workbench:
         return result
 
     # ---- panels ----
-    def refresh(self, seconds: float | None = None) -> None:
+    def refresh(self) -> None:
         """Redraw the numbers, the histogram of the picked layer and the DET curve."""
+        self.numbers.value = numbers_html(self.live.summary())
+        set_det(self.det, 1, self.live.current.far, self.live.current.frr)
+        self.det_view.show()
+        self._draw_histogram()
+
+    def _draw_histogram(self) -> None:
         layer = self.layer_picker.value
         bits = self.live.bits[layer]
-        weight, levels = self.live.quantized(layer, bits)
+        _, levels = self.live.quantized(layer, bits)
         scheme = self.live.scheme(bits)
         label = "fp32" if bits is None else f"{bits} bit {QUANTIZER_LABELS[scheme]}"
         set_histogram(self.histogram, layer, self.live.original[layer], levels, label)
-        set_det(self.det, 1, self.live.current.far, self.live.current.frr)
-        self.numbers.value = numbers_html(self.live.summary(), seconds)
+        self.histogram_view.show()
 
     @property
     def widget(self) -> w.Widget:
-        """The whole workbench as one widget, to display in a notebook.
+        """The whole workbench as one widget, to display in a notebook."""
+        return self.panel
 
-        The figures are made anew here from their current state: a plotly FigureWidget sends
-        changes to the browser as messages that only a displayed view receives, so figures
-        changed before display would show up empty.
-        """
-        self.histogram = _redisplayable(self.histogram, "svlab-histogram")
-        self.det = _redisplayable(self.det, "svlab-det")
-        presets = w.VBox([
-            w.HBox(list(self.preset_buttons.values())),
-            w.HBox([self.budget, self.mixed_button]),
-            w.HBox([self.pick_bits, self.tolerance, self.pick_button]),
-        ])
-        sliders = w.VBox(
-            [self.global_slider, *self.layer_sliders.values()],
-            layout=w.Layout(max_height="420px", overflow_y="auto", width="440px"),
-        )
-        controls = w.VBox([self.quantizer, self.granularity, presets, self.message])
-        panels = w.VBox([
-            w.HBox([self.numbers, self.layer_picker]),
-            w.HBox([self.histogram, self.det]),
-        ])
-        return w.VBox([w.HTML(f"<p>{GUIDE}</p>"), controls, w.HBox([sliders, panels])])
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-
-def _redisplayable(figure: go.FigureWidget, css_class: str) -> go.FigureWidget:
-    """A new FigureWidget holding ``figure``'s current data and layout, tagged ``css_class``.
-
-    >>> _redisplayable(go.FigureWidget(data=[go.Bar(y=[1, 2])]), "x")._dom_classes
-    ('x',)
-    """
-    fresh = go.FigureWidget(figure.to_dict())
-    fresh.add_class(css_class)
-    return fresh
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        bundle = self.panel._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = STATIC_NOTE.format(name="svlab workbench")
+        return bundle
 
 
 MEMORY_FAMILIES = {
@@ -328,7 +469,7 @@ class MemoryPanel:
         self.eight_bit = w.Checkbox(value=False, description="8-bit optimizer states")
         self.numbers = w.HTML()
         self.numbers.add_class("svlab-memory-numbers")
-        self.figure = go.FigureWidget()
+        self.view = FigureView(go.Figure(), "svlab-memory")
         self.family.observe(self._on_family, names="value")
         for control in (self.depth, self.batch_size, self.optimizer, self.reversible,
                         self.eight_bit):
@@ -358,12 +499,8 @@ class MemoryPanel:
                 name, batch_size=self.batch_size.value, frames=self.frames,
                 optimizer=optimizer, num_classes=self.num_classes,
             )
-        fresh = memory_figure(tables, GPU_2080TI_BYTES)
-        with self.figure.batch_update():
-            self.figure.data = []
-            for trace in fresh.data:
-                self.figure.add_trace(trace)
-            self.figure.layout = fresh.layout
+        self.view.figure = memory_figure(tables, GPU_2080TI_BYTES)
+        self.view.show()
         self.numbers.value = " | ".join(
             f"{label}: peak <b>{table['bytes'].sum() / 2**30:.2f} GiB</b> "
             f"({'fits' if fits(table) else 'does not fit'} on 11 GiB with "
@@ -372,14 +509,20 @@ class MemoryPanel:
         )
 
     @property
+    def figure(self) -> go.Figure:
+        """The bars as drawn now."""
+        return self.view.figure
+
+    @property
     def widget(self) -> w.Widget:
-        """The panel as one widget."""
+        """The panel as one widget: controls beside (or, when narrow, above) the bars."""
         controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
-                           self.reversible, self.eight_bit])
-        self.figure = _redisplayable(self.figure, "svlab-memory")
-        return w.HBox([controls, w.VBox([self.numbers, self.figure])])
+                           self.reversible, self.eight_bit], layout=w.Layout(flex="0 1 auto"))
+        bars = w.VBox([self.numbers, self.view.output], layout=w.Layout(flex="1 1 480px",
+                                                                       min_width="300px"))
+        return w.HBox([controls, bars], layout=w.Layout(flex_flow="row wrap", width="100%"))
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = STATIC_NOTE.format(name="svlab memory panel")
+        return bundle

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from ipywidgets import HBox
 
 from svlab.evaluate import EvalSet
 from svlab.memory import project
@@ -14,7 +15,7 @@ from svlab.models import ECAPATDNN, ResNet
 from svlab.quant import quantize_model
 from svlab.quant.binarize import binarize, binary_size
 from svlab.quant.packed import model_size
-from svlab.widgets import MemoryPanel, Workbench, bits_option
+from svlab.widgets import PLOTLY_MIME, MemoryPanel, Workbench, bits_option
 from svlab.workbench.cache import PrefixCache
 from svlab.workbench.engine import LiveQuantizer, workbench_trials
 from svlab.workbench.figures import probit
@@ -210,7 +211,14 @@ def test_mixed_and_pick_presets_and_errors_in_the_message_line():
     wb.tolerance.value = 100.0
     wb.pick_button.click()
     assert set(wb.live.bits.values()) == {int(wb.pick_bits.value)}
-    assert "kept fp32: none" in wb.message.value
+    layers = len(wb.live.layers)
+    assert wb.message.value.startswith(f"{layers} of {layers} layers at 2 bits")
+    assert "kept fp32" not in wb.message.value
+    wb.tolerance.value = -100.0  # no layer can qualify: a short verdict, not a list of names
+    wb.pick_button.click()
+    assert set(wb.live.bits.values()) == {None}
+    assert wb.message.value.startswith(f"no layer stays within +-100.00 points alone: all {layers}")
+    assert wb.message.value.count(", ") <= 3 and f"and {layers - 3} more" in wb.message.value
 
 
 def test_memory_panel_bars_are_the_projections():
@@ -224,3 +232,112 @@ def test_memory_panel_bars_are_the_projections():
     assert totals[1] == pytest.approx(eight_bit["bytes"].sum() / 2**30)
     assert totals[1] < totals[0]
     assert f"{totals[1]:.2f} GiB" in panel.numbers.value
+
+
+# ---------------------------------------------------------------- busy state, progress, re-sync
+
+
+def test_every_action_is_busy_while_it_computes_and_clears_even_when_it_fails(monkeypatch):
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    seen = []
+    set_bit_map = wb.live.set_bit_map
+
+    def spy(bit_map):
+        seen.append(("svlab-busy" in wb.panel._dom_classes,
+                     all(control.disabled for control in wb.controls), wb.status.value))
+        return set_bit_map(bit_map)
+
+    monkeypatch.setattr(wb.live, "set_bit_map", spy)
+    layer = wb.live.layers[1]
+    wb.layer_sliders[layer].value = "3"
+    wb.preset_buttons[4].click()
+    wb.global_slider.value = "2"
+    assert [busy and disabled for busy, disabled, _ in seen] == [True, True, True]
+    assert seen[0][2] == f"<i>computing {layer.removesuffix('.weight')} at 3...</i>"
+    assert "svlab-busy" not in wb.panel._dom_classes
+    assert not any(control.disabled for control in wb.controls)
+
+    def broken(bit_map):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(wb.live, "set_bit_map", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        wb.layer_sliders[layer].value = "5"
+    assert "svlab-busy" not in wb.panel._dom_classes
+    assert not any(control.disabled for control in wb.controls)
+    assert wb.progress.layout.visibility == "hidden"
+
+
+def test_the_time_shown_runs_from_the_event_to_the_last_figure_sent(monkeypatch):
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    clock = [100.0]
+    monkeypatch.setattr("svlab.widgets.perf_counter", lambda: clock[0])
+    for view in (wb.histogram_view, wb.det_view):
+        show = view.show
+
+        def slow_show(show=show):  # each figure takes 1.5 s on this clock
+            clock[0] += 1.5
+            show()
+
+        monkeypatch.setattr(view, "show", slow_show)
+    wb.layer_sliders[wb.live.layers[0]].value = "2"
+    assert wb.status.value.endswith(": updated in 3.00 s</i>")
+
+
+def test_long_presets_move_a_progress_bar_step_by_step():
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    steps = []
+    wb.progress.observe(lambda change: steps.append((change["new"], wb.progress.max)),
+                        names="value")
+    wb.budget.value = wb.live.size_bytes() / 1024 / 4
+    wb.mixed_button.click()
+    layers = len(wb.live.layers)
+    assert steps == [(done, layers + 1) for done in range(1, layers + 2)]
+    steps.clear()
+    wb.pick_button.click()
+    assert steps == [(done, layers + 1) for done in range(1, layers + 2)]
+    assert wb.progress.layout.visibility == "hidden" and "updated in" in wb.status.value
+
+
+def bundle(view) -> dict:
+    """What a browser view (a reloaded tab included) receives: the Output's stored figure."""
+    (output,) = view.output.outputs
+    return output["data"][PLOTLY_MIME]
+
+
+def test_views_hold_the_whole_current_figure_after_every_change():
+    model, evalset = tiny_resnet(), tiny_evalset()
+    wb = Workbench(LiveQuantizer(model, evalset))
+    for layer, bits in [(wb.live.layers[-1], "2"), (wb.live.layers[0], "1")]:
+        wb.layer_sliders[layer].value = bits
+        histogram, det = bundle(wb.histogram_view), bundle(wb.det_view)
+        title = histogram["layout"]["title"]["text"]
+        levels = wb.live.quantized(layer, int(bits))[1].unique().numel()
+        assert title == f"{layer}: {bits} bit k-means, {levels} levels"
+        assert len(wb.histogram.data[1].x) == levels  # the Python figure sent is the same
+        assert histogram == wb.histogram.to_plotly_json() | {"config": histogram["config"]}
+        assert [t["name"] for t in det["data"]] == ["fp32", "quantized"]
+        assert det == wb.det.to_plotly_json() | {"config": det["config"]}
+    assert np.allclose(wb.det.data[1].x, probit(wb.live.current.far))
+    panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
+    panel.batch_size.value = 16
+    assert bundle(panel.view) == panel.figure.to_plotly_json() | {"config": {
+        "responsive": True, "displaylogo": False}}
+
+
+def test_layout_flexes_to_the_window_and_labels_are_whole():
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    assert wb.histogram.layout.width is None and wb.det.layout.width is None
+    assert MemoryPanel(batch_size=8, frames=20, num_classes=10).figure.layout.width is None
+    rows = [box for box in _boxes(wb.panel) if isinstance(box, HBox)]
+    assert rows and all(box.layout.flex_flow == "row wrap" for box in rows)
+    for control in (wb.quantizer, wb.granularity, wb.layer_picker, wb.budget, wb.pick_bits,
+                    wb.tolerance):
+        assert control.style.description_width == "initial", control.description
+    assert wb._repr_mimebundle_()["text/plain"].startswith("svlab workbench")
+
+
+def _boxes(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _boxes(child)

@@ -9,7 +9,8 @@ trials. Everything the workbench panels show is read from here, so it is tested 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,28 @@ def workbench_trials(
 
 
 INTERVAL_RESAMPLES = 200  # speaker-bootstrap resamples for the panel: ~0.05 s on 7k trials
+Progress = Callable[[int, int], None]  # (steps done, steps in all), called after each step
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (``None``: leave the setting), then
+    restore the previous count.
+
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,10 @@ class LiveQuantizer:
     1-bit scheme of :class:`svlab.quant.binarize.Binarizer` (``"sign"``, ``"static"``,
     ``"adaptive"``), which acts on the layers at 1 bit while the others use k-means.
     ``granularity`` is ``"tensor"`` (one codebook or scale per layer) or ``"channel"``.
+    ``threads``: intra-op threads while embedding (``None``: torch's setting). One by default:
+    the forward passes are small, and on cores shared with another busy process a second
+    thread that waits for its core made a full re-embedding 7x slower (2.5 s against 0.34 s,
+    ``benchmarks/bench_widgets.py``).
 
     >>> from svlab.models import ResNet
     >>> _ = torch.manual_seed(0)
@@ -117,8 +144,10 @@ class LiveQuantizer:
         layers: Sequence[str] | None = None,
         quantizer: str = "kmeans",
         granularity: str = "tensor",
+        threads: int | None = 1,
     ) -> None:
         self.model = clone_model(model).eval()
+        self.threads = threads
         self.evalset = evalset
         self.layers = list(layers) if layers is not None else quantizable_names(self.model)
         params = dict(self.model.named_parameters())
@@ -132,6 +161,7 @@ class LiveQuantizer:
         self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
         self._quantized: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._traces: dict[int, dict[str, float]] = {}
+        self._deltas: dict[tuple, dict[str, float]] = {}
         self.cache = PrefixCache(self.model, evalset.batches)
         speakers = np.array([[key.split("/")[0] for key in pair] for pair in evalset.pairs])
         self._trial_speakers = (speakers[:, 0], speakers[:, 1])  # for the EER intervals
@@ -222,7 +252,8 @@ class LiveQuantizer:
         self.bits[layer] = bits
 
     def _rescore(self, changed: Sequence[str] | None) -> Scores:
-        embeddings = self.cache.embed(changed)
+        with torch_threads(self.threads):
+            embeddings = self.cache.embed(changed)
         result = self.evalset.score_embeddings(
             dict(zip(self.evalset.keys, embeddings, strict=True))
         )
@@ -254,42 +285,58 @@ class LiveQuantizer:
         return model_size(self.model, {}) - fp32_layers
 
     # ---- presets ----
-    def delta_eer(self, bits: int) -> dict[str, float]:
+    def delta_eer(self, bits: int, progress: Progress | None = None) -> dict[str, float]:
         """EER change from quantizing each layer alone to ``bits`` (the others fp32), as in
-        arXiv:2407.08991's layer-wise study. The current bit map is restored afterwards."""
+        arXiv:2407.08991's layer-wise study. The current bit map is restored afterwards.
+        Cached per (bits, quantizer, granularity); ``progress`` hears of each layer done."""
         _check_bits(bits, "every layer")
-        saved = dict(self.bits)
-        self.set_all(None)
-        deltas, previous = {}, {}
-        for layer in self.layers:
-            deltas[layer] = self.set_bit_map({**previous, layer: bits}).eer - self.fp32.eer
-            previous = {layer: None}
-        self.set_bit_map(saved)
-        return deltas
+        key = (bits, self.quantizer, self.granularity)
+        total = len(self.layers) + 1  # each layer, then restoring the bit map
+        if key not in self._deltas:
+            saved = dict(self.bits)
+            self.set_all(None)
+            deltas, previous = {}, {}
+            for done, layer in enumerate(self.layers, 1):
+                deltas[layer] = self.set_bit_map({**previous, layer: bits}).eer - self.fp32.eer
+                previous = {layer: None}
+                _tell(progress, done, total)
+            self.set_bit_map(saved)
+            self._deltas[key] = deltas
+        _tell(progress, total, total)
+        return dict(self._deltas[key])
 
-    def sensitivity_pick(self, bits: int, tolerance: float) -> dict[str, Bits]:
+    def sensitivity_pick(
+        self, bits: int, tolerance: float, progress: Progress | None = None
+    ) -> dict[str, Bits]:
         """The bit map quantizing to ``bits`` every layer whose own EER change
         (:meth:`delta_eer`) is at most ``tolerance``; the sensitive layers stay fp32."""
-        deltas = self.delta_eer(bits)
+        deltas = self.delta_eer(bits, progress)
         return {layer: bits if delta <= tolerance else None for layer, delta in deltas.items()}
 
     def hessian_table(
-        self, choices: Sequence[int] = DEFAULT_CHOICES, n_samples: int = 8
+        self,
+        choices: Sequence[int] = DEFAULT_CHOICES,
+        n_samples: int = 8,
+        progress: Progress | None = None,
     ) -> dict[str, dict[int, float]]:
         """HAWQ-v2 sensitivity ``tr(H) / n * ||Q_b(W) - W||^2`` per layer and bit width
         (:func:`svlab.quant.hessian.hessian_sensitivity`), with the Hessian of the embedding
-        drift on the first evaluation batch and this workbench's quantizer."""
+        drift on the first evaluation batch and this workbench's quantizer. ``progress`` hears
+        of the trace, then of each layer's codebooks."""
+        total = len(self.layers) + 1
         if n_samples not in self._traces:
             reference = clone_model(self.model)
             params = dict(reference.named_parameters())
             with torch.no_grad():
                 for layer in self.layers:
                     params[layer].copy_(self.original[layer])
-            loss = embedding_distortion_loss(reference, self.evalset.batches[0])
-            chosen = {layer: params[layer] for layer in self.layers}
-            self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
+            with torch_threads(self.threads):
+                loss = embedding_distortion_loss(reference, self.evalset.batches[0])
+                chosen = {layer: params[layer] for layer in self.layers}
+                self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
+        _tell(progress, 1, total)
         table = {}
-        for layer in self.layers:
+        for done, layer in enumerate(self.layers, 2):
             table.update(
                 hessian_sensitivity(
                     {layer: self.original[layer]},
@@ -298,10 +345,14 @@ class LiveQuantizer:
                     choices,
                 )
             )
+            _tell(progress, done, total)
         return table
 
     def mixed_precision(
-        self, budget_bytes: float, choices: Sequence[int] = DEFAULT_CHOICES
+        self,
+        budget_bytes: float,
+        choices: Sequence[int] = DEFAULT_CHOICES,
+        progress: Progress | None = None,
     ) -> dict[str, int]:
         """The bit map of least Hessian sensitivity whose packed model fits ``budget_bytes``
         (:func:`svlab.quant.allocate_bits` over :meth:`hessian_table`)."""
@@ -310,7 +361,10 @@ class LiveQuantizer:
             for layer in self.layers
         }
         return allocate_bits(
-            self.hessian_table(choices), sizes, budget_bytes - self._rest_bytes(), choices
+            self.hessian_table(choices, progress=progress),
+            sizes,
+            budget_bytes - self._rest_bytes(),
+            choices,
         )
 
     def summary(self) -> dict[str, float]:
@@ -338,6 +392,11 @@ class LiveQuantizer:
             "fp32_size_kb": fp32_size / 1024,
             "ratio": fp32_size / size,
         }
+
+
+def _tell(progress: Progress | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> str:

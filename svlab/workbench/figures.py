@@ -27,6 +27,9 @@ def probit(rates) -> np.ndarray:
 def det_figure() -> go.Figure:
     """An empty DET plot (probit axes labelled in %) with a trace each for fp32 and quantized.
 
+    No fixed width: the plot takes its container's (the workbench wraps its panels to the
+    window); the legend sits in the empty lower-left corner, inside the axes.
+
     >>> [t.name for t in det_figure().data]
     ['fp32', 'quantized']
     """
@@ -42,10 +45,10 @@ def det_figure() -> go.Figure:
         title="DET curve",
         xaxis={"title": "false alarm rate (%)", **ticks},
         yaxis={"title": "miss rate (%)", **ticks},
-        height=330,
-        width=360,
+        height=340,
+        autosize=True,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        legend={"x": 0.98, "xanchor": "right", "y": 0.98},
+        legend={"x": 0.02, "xanchor": "left", "y": 0.02, "yanchor": "bottom"},
     )
     return fig
 
@@ -79,9 +82,10 @@ def histogram_figure() -> go.Figure:
         title="weights",
         xaxis_title="weight value",
         yaxis_title="count",
-        height=330,
-        width=420,
+        height=340,
+        autosize=True,
         bargap=0.02,
+        title_font_size=13,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"x": 0.98, "xanchor": "right", "y": 0.98},
     )
@@ -130,5 +134,5 @@ def memory_figure(tables: Mapping, capacity_bytes: int) -> go.Figure:
 
     fig = stacked_bar(tables, title="Peak of one training step (projected)",
                       capacity_bytes=capacity_bytes)
-    fig.update_layout(height=330, width=520, margin={"l": 50, "r": 10, "t": 40, "b": 40})
+    fig.update_layout(height=340, autosize=True, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
