@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -10,6 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from svlab.profiles import REPO_ROOT, get_profile
+
+# names other trainers use for a setting: what an unknown key suggests
+ALIASES = {
+    "learning_rate": "lr",
+    "min_lr": "final_lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "n_epochs": "epochs",
+    "bs": "batch_size",
+    "wd": "weight_decay",
+    "arch": "model",
+    "model_name": "model",
+    "output_dir": "out_dir",
+    "num_workers": "workers",
+}
 
 
 class ConfigError(ValueError):
@@ -80,13 +96,15 @@ class TrainConfig:
         >>> TrainConfig.from_dict({"learning_rate": 0.01})
         Traceback (most recent call last):
         ...
-        svlab.train.config.ConfigError: config: unknown key 'learning_rate'
+        svlab.train.config.ConfigError: config: unknown key 'learning_rate' (did you mean 'lr'?)
         """
         defaults = dataclasses.asdict(cls())
         converted = {}
         for key, value in values.items():
             if key not in defaults:
-                raise ConfigError(f"{source}: unknown key {key!r}")
+                guess = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, defaults)), "")
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                raise ConfigError(f"{source}: unknown key {key!r}{hint}")
             kind = type(defaults[key])
             allowed = (int, float) if kind is float else kind
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, allowed):
@@ -100,6 +118,7 @@ class TrainConfig:
     ) -> TrainConfig:
         """Read a TOML recipe: top-level keys, then ``[profiles.<profile>]`` over them, then
         ``key=value`` strings from ``sets`` (values in TOML syntax; ``model_args.x=1`` works).
+        Errors name the file, or the ``--set`` at fault.
 
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.toml"
@@ -120,19 +139,10 @@ class TrainConfig:
         values = _merge(values, profiles.get(profile, {}))
         values["profile"] = profile
         values.setdefault("name", path.stem)
+        cls.from_dict(values, source=str(path))
         for item in sets:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected key=value")
-            try:
-                value = tomllib.loads(f"v = {text}")["v"]
-            except tomllib.TOMLDecodeError:
-                value = text  # a bare word is a string
-            *parents, leaf = key.strip().split(".")
-            target = values
-            for parent in parents:
-                target = target.setdefault(parent, {})
-            target[leaf] = value
+            top = _apply_set(values, item)
+            cls.from_dict({top: values[top]}, source=f"--set {item}")
         return cls.from_dict(values, source=str(path))
 
     def run_dir(self) -> Path:
@@ -142,6 +152,35 @@ class TrainConfig:
             if self.out_dir
             else REPO_ROOT / "runs" / f"{self.name}-{self.profile}"
         )
+
+
+def _apply_set(values: dict, item: str) -> str:
+    """Apply one ``--set key=value`` to ``values`` in place (``a.b=1`` sets key ``b`` of table
+    ``a``); return the top-level key it changed.
+
+    >>> values = {"model_args": {"x": 1}}
+    >>> _apply_set(values, "model_args.y=[1, 2]"), values
+    ('model_args', {'model_args': {'x': 1, 'y': [1, 2]}})
+    >>> _apply_set({"lr": 0.1}, "lr.x=1")
+    Traceback (most recent call last):
+    ...
+    svlab.train.config.ConfigError: --set lr.x=1: lr is not a table
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string
+    *parents, leaf = key.strip().split(".")
+    target = values
+    for depth, parent in enumerate(parents, start=1):
+        target = target.setdefault(parent, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {item}: {'.'.join(parents[:depth])} is not a table")
+    target[leaf] = value
+    return key.strip().split(".")[0]
 
 
 def _merge(base: dict, override: dict) -> dict:
