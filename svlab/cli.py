@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from svlab.train.loop import TrainingError
+
 COMMAND_MODULES = [
     "svlab.data",
     "svlab.tour",
@@ -33,13 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``svlab`` with ``argv`` (default: the command line) and return its exit status."""
+    """Run ``svlab`` with ``argv`` (default: the command line) and return its exit status.
+
+    A user's error (svlab's own errors are ``ValueError`` subclasses: bad audio, corpus, config
+    or checkpoint; a missing file; training that cannot go on) prints one line naming it and
+    returns 2; Ctrl-C returns 130; neither prints a traceback.
+
+    >>> main(["data", "check", "/no/corpus"])
+    2
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, TrainingError) as err:
         print(f"svlab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"svlab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -452,11 +452,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     (None, False)
     """
     parser = subparsers.add_parser(
-        "export", help="write a model checkpoint or packed .svq file as a compressed ONNX file"
+        "export",
+        help="write a model checkpoint or packed .svq file as a compressed ONNX file",
+        description="Write a model as ONNX (fbank [batch, frames, 80] in, embeddings out), "
+        "its quantized weights kept as bit-packed indices and codebooks; --check compares "
+        "onnxruntime's embeddings with svlab's.",
     )
     parser.add_argument("checkpoint", help="a model checkpoint (.pt) or a packed model (.svq)")
     parser.add_argument("--onnx", required=True, help="the .onnx file to write")
-    parser.add_argument("--bits", type=int, help="quantize a checkpoint's fp32 model first")
+    parser.add_argument(
+        "--bits", type=int, choices=range(1, 9), metavar="{1..8}",
+        help="quantize a checkpoint's fp32 model to this many bits first",
+    )  # fmt: skip
     parser.add_argument("--method", default="kmeans", choices=["kmeans", "uniform"])
     parser.add_argument("--granularity", default="tensor", choices=["tensor", "channel"])
     parser.add_argument(

@@ -145,7 +145,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "tour", help="run the notebooks' pipeline end to end and print a summary table",
         description=__doc__,
     )  # fmt: skip
-    parser.add_argument("--profile", default="ci", help="profile to run (default: ci)")
+    parser.add_argument("--profile", default="ci", choices=["ci", "laptop", "gpu"],
+                        help="profile to run (default: ci)")  # fmt: skip
     parser.add_argument(
         "--checkpoint", default=str(TUTORIAL_CHECKPOINT),
         help="trained model to compress (default: the tutorial ResNet)",

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from svlab.train import (
     learning_rate,
     train,
 )
+from svlab.train.loop import TrainingInterrupted
 
 torch.set_num_threads(1)
 
@@ -131,6 +133,80 @@ def test_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path, optimize
     # the finished run's model file rebuilds the architecture with its weights
     model = load_model(tmp_path / "full" / "model.pt", "resnet18")
     assert torch.equal(model.embedding.weight, full.model.embedding.weight)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(training_corpus, tmp_path_factory):
+    return train(tiny_config(training_corpus, tmp_path_factory.mktemp("full")), progress=False)
+
+
+def interrupting_hook(training: bool, call: int):
+    """A ``prepare`` hook whose model raises KeyboardInterrupt in its ``call``-th forward pass
+    in training (or evaluation) mode, as Ctrl-C there would."""
+    calls = []
+
+    def hook(module, inputs):
+        if module.training == training:
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+
+    def prepare(model):
+        model.register_forward_pre_hook(hook)
+        return model
+
+    return prepare
+
+
+def signalling_step(call: int):
+    """GradScaler.step that sends SIGINT from inside its ``call``-th step, after the weights
+    changed: Ctrl-C in the middle of an optimizer step."""
+    original, calls = torch.amp.GradScaler.step, []
+
+    def step(self, optimizer, *args, **kwargs):
+        result = original(self, optimizer, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "where, saved_step", [("forward", 5), ("optimizer-step", 6), ("scoring", 8)]
+)
+def test_ctrl_c_saves_the_last_whole_step_and_resuming_matches_uninterrupted(
+    corpus, tmp_path, monkeypatch, uninterrupted, where, saved_step
+):
+    """Ctrl-C in the forward pass of step 6, in its optimizer step, or in the scoring at step 8
+    saves checkpoint.pt at the last whole step (an optimizer step is finished first; a scoring
+    is redone on resume), and the resumed run ends exactly as the uninterrupted one; resuming
+    says where it starts."""
+    cfg, prepare = tiny_config(corpus, tmp_path), None
+    if where == "optimizer-step":
+        monkeypatch.setattr(torch.amp.GradScaler, "step", signalling_step(call=6))
+    elif where == "forward":
+        prepare = interrupting_hook(training=True, call=6)
+    else:
+        prepare = interrupting_hook(training=False, call=1)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(cfg, progress=False, prepare=prepare)
+    monkeypatch.undo()
+    assert (caught.value.step, caught.value.total) == (saved_step, 12)
+    assert str(caught.value) == (
+        f"interrupted at step {saved_step} of 12: state saved to {tmp_path / 'checkpoint.pt'}"
+    )
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == saved_step
+    messages = []
+    resumed = train(cfg, resume=True, progress=False, report=messages.append)
+    assert messages == [f"resuming {tmp_path} from step {saved_step} of 12 (checkpoint.pt)"]
+    for (name, a), b in zip(
+        uninterrupted.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    columns = ["step", "lr", "margin", "loss", "accuracy", "eer", "min_dcf"]
+    assert uninterrupted.history[columns].equals(resumed.history[columns])
 
 
 def test_resume_with_another_config_is_refused(corpus, tmp_path):

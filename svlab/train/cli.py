@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
 from torch import nn
 
+from svlab.models import available
 from svlab.quant.packed import save_packed
 from svlab.quant.quantize import quantize_model
 from svlab.train.config import TrainConfig
-from svlab.train.loop import TrainResult, train
+from svlab.train.loop import TrainingInterrupted, TrainResult, train
+
+PROFILES = ["ci", "laptop", "gpu"]
 
 
 def quantization_hooks(cfg: TrainConfig) -> dict:
@@ -45,16 +51,31 @@ def quantization_hooks(cfg: TrainConfig) -> dict:
     return {"prepare": prepare, "write_model": write_model}
 
 
-def train_recipe(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def train_recipe(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> TrainResult:
     """Run ``cfg`` as ``svlab train`` does: :func:`svlab.train.train` with the
-    :func:`quantization_hooks` the config asks for.
+    :func:`quantization_hooks` the config asks for (``report``: as train's).
 
     >>> train_recipe(TrainConfig(data_root="/no/corpus", quantize_bits=2))
     Traceback (most recent call last):
     ...
-    svlab.data.voxceleb.CorpusError: list file /no/corpus/train.txt does not exist
+    svlab.data.voxceleb.CorpusError: corpus root /no/corpus does not exist
     """
-    return train(cfg, resume=resume, progress=progress, **quantization_hooks(cfg))
+    return train(
+        cfg, resume=resume, progress=progress, report=report, **quantization_hooks(cfg)
+    )
+
+
+DESCRIPTION = (
+    "Train a speaker-embedding model with AAM-softmax from a TOML recipe (configs/*.toml): "
+    "its top-level keys, then its [profiles.<profile>] table, then each --set. Prints the run "
+    "directory first; writes checkpoint.pt (resumable), history.csv, summary.json and the "
+    "model there. Ctrl-C saves the state and says how to resume."
+)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +83,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", required=True, help="a TOML recipe, e.g. configs/tutorial_resnet.toml"
     )
     parser.add_argument(
-        "--profile", default=None, help="ci, laptop or gpu (default: $SVLAB_PROFILE or ci)"
+        "--profile",
+        default=None,
+        choices=PROFILES,
+        help="whose [profiles.*] table and corpus to use (default: $SVLAB_PROFILE or ci)",
     )
     parser.add_argument(
         "--set",
@@ -70,7 +94,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value (TOML syntax), e.g. --set lr=0.01",
+        help="override a config value (TOML syntax), e.g. --set lr=0.01; "
+        f"--set model=NAME takes a registered model: {', '.join(available())}",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's checkpoint.pt"
@@ -78,10 +103,33 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The ``svlab train`` command line that resumes the run ``args`` started.
+
+    >>> args = argparse.Namespace(config="my r.toml", profile="ci", sets=["epochs=3"])
+    >>> print(_resume_command(args))
+    svlab train --config 'my r.toml' --profile ci --set epochs=3 --resume
+    """
+    words = ["svlab", "train", "--config", args.config]
+    words += ["--profile", args.profile] if args.profile else []
+    words += [word for item in args.sets for word in ("--set", item)]
+    return shlex.join([*words, "--resume"])
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_toml(args.config, args.profile, args.sets)
-    result = train_recipe(cfg, resume=args.resume, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
+    lead = int(os.environ.get("RANK", "0")) == 0
+    if lead:
+        print(f"run directory: {cfg.run_dir().resolve()}", flush=True)
+    try:
+        result = train_recipe(
+            cfg, resume=args.resume, progress=not args.quiet, report=lambda m: print(m, flush=True)
+        )
+    except TrainingInterrupted as interrupt:
+        if lead:
+            print(f"{interrupt}; resume with: {_resume_command(args)}", file=sys.stderr)
+        return 130
+    if lead:
         print(f"wrote {result.run_dir}")
         if not result.evaluations.empty:
             last = result.evaluations.iloc[-1]
@@ -99,7 +147,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ['lr=1']
     """
     parser = subparsers.add_parser(
-        "train", help="train a speaker-embedding model from a TOML recipe"
+        "train", help="train a speaker-embedding model from a TOML recipe", description=DESCRIPTION
     )
     _add_arguments(parser)
     parser.set_defaults(func=_run)
@@ -113,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     ...
     FileNotFoundError: no training config at /no/recipe.toml
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m svlab.train", description="Train from a TOML recipe (svlab train)."
-    )
+    parser = argparse.ArgumentParser(prog="python -m svlab.train", description=DESCRIPTION)
     _add_arguments(parser)
     return _run(parser.parse_args(argv))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from svlab import checkpoint
-from svlab.data import SpeakerCrops
+from svlab.data import SpeakerCrops, read_trials
 from svlab.evaluate import EvalSet
 from svlab.features import front_end_of
 from svlab.losses import AAMSoftmax, margin_ramp
@@ -40,6 +43,19 @@ ModelWriter = Callable[[Path, nn.Module, str, dict], None]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message names the step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train` after ``step`` of ``total`` steps, whose training state was
+    saved to ``state_path`` first: ``train(cfg, resume=True)`` continues from it.
+
+    >>> str(TrainingInterrupted(37, 480, Path("runs/x/checkpoint.pt")))
+    'interrupted at step 37 of 480: state saved to runs/x/checkpoint.pt'
+    """
+
+    def __init__(self, step: int, total: int, state_path: Path) -> None:
+        super().__init__(f"interrupted at step {step} of {total}: state saved to {state_path}")
+        self.step, self.total, self.state_path = step, total, state_path
 
 
 @dataclass
@@ -122,6 +138,12 @@ def _corpus_root(cfg: TrainConfig, rank: int, world: int) -> Path:
     return get_profile(cfg.profile).data_root
 
 
+def _check_eval_trials(cfg: TrainConfig, root: Path) -> None:
+    """Fail before training when the validation trial list names a file that is not there."""
+    trials = Path(cfg.eval_trials)
+    read_trials(trials if trials.is_file() else root / "trials" / trials, wav_root=root)
+
+
 def _step_counts(cfg: TrainConfig, crops: SpeakerCrops, world: int) -> tuple[int, int, int]:
     """Steps per epoch, steps of the whole run, and the step this call stops at."""
     if cfg.batch_size % world:
@@ -177,8 +199,11 @@ def _make_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _train_step(run: _Run, ddp: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> float:
-    """One optimizer step at ``run.step``'s learning rate and margin; returns the rate."""
+def _gradients(
+    run: _Run, ddp: nn.Module, feats: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The forward and backward pass of step ``run.step + 1`` at its learning rate and margin:
+    ``(loss, correct, lr)``. Nothing the training state holds changes yet."""
     cfg, spe = run.cfg, run.steps_per_epoch
     lr = learning_rate(cfg, run.step, run.total, spe)
     for group in run.optimizer.param_groups:
@@ -195,15 +220,50 @@ def _train_step(run: _Run, ddp: nn.Module, feats: torch.Tensor, labels: torch.Te
         )
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    return loss, correct, lr
+
+
+def _update(run: _Run, loss: torch.Tensor, correct: torch.Tensor, batch: int) -> None:
+    """The optimizer step that ends step ``run.step + 1``, and its count in the meter."""
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.step += 1
     run.meter = [
-        run.meter[0] + loss.item() * len(labels),
+        run.meter[0] + loss.item() * batch,
         run.meter[1] + correct.item(),
-        run.meter[2] + len(labels),
+        run.meter[2] + batch,
     ]
-    return lr
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then raise it as KeyboardInterrupt:
+    an interrupted run then never saves half an optimizer step. Only where Python's own handler
+    is in place, in the main thread; elsewhere the block runs as it is.
+
+    >>> try:
+    ...     with _ctrl_c_held():
+    ...         signal.raise_signal(signal.SIGINT)
+    ...         print("the block finishes")
+    ... except KeyboardInterrupt:
+    ...     print("then Ctrl-C stops it")
+    the block finishes
+    then Ctrl-C stops it
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _log(run: _Run, lr: float, bar: tqdm) -> None:
@@ -250,9 +310,11 @@ def _evaluate(run: _Run, bar: tqdm) -> None:
 
 
 def _due_for_evaluation(run: _Run) -> bool:
+    """Whether ``run.step`` is scored and has no score yet (a run interrupted while scoring)."""
     epoch, rest = divmod(run.step, run.steps_per_epoch)
     every = run.cfg.eval_every
-    return rest == 0 and (run.step == run.total or (every and epoch % every == 0))
+    due = run.step and rest == 0 and (run.step == run.total or (every and epoch % every == 0))
+    return bool(due) and not any("eer" in r and r["step"] == run.step for r in run.rows)
 
 
 def _save(run: _Run) -> None:
@@ -265,7 +327,12 @@ def _save(run: _Run) -> None:
 
 
 def _loop(run: _Run, progress: bool) -> None:
-    """Train from ``run.step`` to ``run.stop``: log, evaluate and checkpoint as configured."""
+    """Train from ``run.step`` to ``run.stop``: log, evaluate and checkpoint as configured.
+
+    Ctrl-C saves the state of the last whole step and raises :class:`TrainingInterrupted`: it
+    stops a forward or backward pass or a scoring at once (a resumed run scores again), and is
+    held back while the optimizer steps and the step is logged.
+    """
     cfg = run.cfg
     ddp = run.net
     if run.world > 1:
@@ -275,22 +342,31 @@ def _loop(run: _Run, progress: bool) -> None:
         total=run.total, initial=run.step, disable=not progress or run.rank != 0, desc=cfg.name
     )
     run.net.train()
-    while run.step < run.stop:
-        epoch, first = divmod(run.step, run.steps_per_epoch)
-        batches = EpochBatches(run.crops, epoch, first, cfg.batch_size, run.rank, run.world)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers)
-        for feats, labels in loader:
-            lr = _train_step(run, ddp, feats, labels)
-            bar.update(1)
-            if run.step % cfg.log_every == 0 or run.step == run.total:
-                _log(run, lr, bar)
-            if _due_for_evaluation(run):
-                _evaluate(run, bar)
-            if run.step % cfg.checkpoint_every == 0 or run.step == run.stop:
-                _save(run)
-            if run.step >= run.stop:
-                break
-    bar.close()
+    try:
+        if _due_for_evaluation(run):
+            _evaluate(run, bar)
+        while run.step < run.stop:
+            epoch, first = divmod(run.step, run.steps_per_epoch)
+            batches = EpochBatches(run.crops, epoch, first, cfg.batch_size, run.rank, run.world)
+            loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers)
+            for feats, labels in loader:
+                loss, correct, lr = _gradients(run, ddp, feats, labels)
+                with _ctrl_c_held():
+                    _update(run, loss, correct, len(labels))
+                    bar.update(1)
+                    if run.step % cfg.log_every == 0 or run.step == run.total:
+                        _log(run, lr, bar)
+                if _due_for_evaluation(run):
+                    _evaluate(run, bar)
+                if run.step % cfg.checkpoint_every == 0 or run.step == run.stop:
+                    _save(run)
+                if run.step >= run.stop:
+                    break
+    except KeyboardInterrupt as interrupt:
+        _save(run)
+        raise TrainingInterrupted(run.step, run.total, run.state_path) from interrupt
+    finally:
+        bar.close()
 
 
 def _finish(
@@ -331,6 +407,7 @@ def train(
     head: AAMSoftmax | str | None = None,
     prepare: Prepare | None = None,
     write_model: ModelWriter | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (default: ``build(cfg.model, **cfg.model_args)``) with AAM-softmax.
 
@@ -356,7 +433,10 @@ def train(
     fine-tuning (``cfg.quantize_bits``) is these two from ``svlab.quant``:
     :func:`svlab.train.train_recipe` (what ``svlab train`` runs) passes them.
     With ``resume`` it continues from ``checkpoint.pt`` and ends with exactly the weights of an
-    uninterrupted run. Under ``torchrun`` each process trains on its share of every global
+    uninterrupted run; ``report(message)``, if given, is told where it resumes. Ctrl-C saves
+    ``checkpoint.pt`` at the last whole step and raises :class:`TrainingInterrupted` (a
+    ``KeyboardInterrupt``) naming it. A validation trial list that names a missing file fails
+    before training starts. Under ``torchrun`` each process trains on its share of every global
     batch (DDP).
 
     >>> import tempfile, pathlib
@@ -381,6 +461,7 @@ def train(
     device = pick_device(cfg, local_rank)
     seed_everything(cfg.seed)
     root = _corpus_root(cfg, rank, world)
+    _check_eval_trials(cfg, root)
     crops = SpeakerCrops.from_corpus(
         root, cfg.crop_frames, cfg.seed, cfg.precompute_features, cfg.dither
     )
@@ -408,6 +489,9 @@ def train(
         run.step, run.rows, run.meter, elapsed = (
             state["step"], state["history"], state["meter"], state["elapsed"]
         )  # fmt: skip
+        if report is not None and rank == 0:
+            report(f"resuming {cfg.run_dir().resolve()} from step {run.step} of {total} "
+                   f"({run.state_path.name})")  # fmt: skip
     run.started = time.perf_counter() - elapsed
     _loop(run, progress)
     if world > 1 and cfg.sync_batchnorm and device.type == "cpu":
