@@ -1,4 +1,4 @@
-"""The every-pair trial list against a brute-force enumeration, and its place in the ci corpus."""
+"""The large trial list against a brute-force enumeration, and its place in the ci corpus."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from svlab.data import read_trials
-from svlab.data.pairs import ALL_PAIRS, every_pair, write_all_pairs
+from svlab.data.pairs import LARGE_TRIALS, NONTARGETS, every_pair, write_large_trials
 from svlab.profiles import get_profile
 
 
@@ -46,17 +46,31 @@ def test_every_pair_rejects_a_set_without_both_kinds(paths, message):
 def test_the_ci_corpus_has_the_list_over_the_same_utterances():
     root = get_profile("ci").ensure_corpus()
     listed = read_trials(root / "trials" / "test.txt")
-    pairs = read_trials(root / "trials" / ALL_PAIRS)
+    pairs = read_trials(root / "trials" / LARGE_TRIALS)
     utterances = {p for t in listed for p in (t.enroll, t.test)}
     assert {p for t in pairs for p in (t.enroll, t.test)} == utterances
-    assert len(pairs) > 40 * len(listed)
+    assert sum(1 - t.label for t in pairs) == NONTARGETS
+    assert sum(t.label for t in pairs) == 30 * (16 * 15 // 2 - 4 * (4 * 3 // 2))  # cross-session
 
 
-def test_write_all_pairs_replaces_atomically(tmp_path):
+def test_a_sample_of_nontargets_keeps_every_target_and_is_seeded():
+    paths = _paths(6, 2, 3)
+    full = every_pair(paths)
+    sample = every_pair(paths, nontargets=40, seed=1)
+    assert [t for t in sample if t.label] == [t for t in full if t.label]
+    assert sum(1 - t.label for t in sample) == 40
+    assert set(sample) <= set(full) and sample == sorted(sample, key=full.index)
+    assert sample == every_pair(list(reversed(paths)), nontargets=40, seed=1)
+    assert sample != every_pair(paths, nontargets=40, seed=2)
+    with pytest.raises(ValueError, match="nontargets must be at least 1"):
+        every_pair(paths, nontargets=0)
+
+
+def test_write_large_trials_replaces_atomically(tmp_path):
     (tmp_path / "trials").mkdir()
     lines = "1 a/s1/1.wav a/s2/1.wav\n0 a/s1/1.wav b/s1/1.wav\n"
     (tmp_path / "trials" / "test.txt").write_text(lines)
-    written = write_all_pairs(tmp_path)
-    assert written.name == ALL_PAIRS
-    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == [ALL_PAIRS, "test.txt"]
+    written = write_large_trials(tmp_path)
+    assert written.name == LARGE_TRIALS
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == [LARGE_TRIALS, "test.txt"]
     assert len(read_trials(written)) == 3

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svlab.data.pairs import ALL_PAIRS, write_all_pairs
+from svlab.data.pairs import LARGE_TRIALS, write_large_trials
 from svlab.data.synth import VERSION, synthesize_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +43,8 @@ class Profile:
             return self.data_root
         if not self.corpus_is_current():
             synthesize_corpus(self.data_root, seed=self.seed, overwrite=True, **self.synth)
-        elif not (self.data_root / "trials" / ALL_PAIRS).is_file():
-            write_all_pairs(self.data_root)  # a corpus made before the list existed
+        elif not (self.data_root / "trials" / LARGE_TRIALS).is_file():
+            write_large_trials(self.data_root)  # a corpus made before the list existed
         return self.data_root
 
     def corpus_settings(self) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from svlab.data.pairs import write_all_pairs
+from svlab.data.pairs import write_large_trials
 
 SAMPLE_RATE = 16000
 VERSION = 1
@@ -406,7 +406,8 @@ def synthesize_corpus(
     are ``id0xxxx``, test speakers ``id1xxxx``; ``train.txt`` lists ``<speaker> <path>`` for
     every train utterance; ``trials/test.txt`` lists ``<1|0> <enrol path> <test path>`` over the
     test speakers (paths relative to ``wav/``, as in VoxCeleb's ``veri_test2.txt``);
-    ``trials/all_pairs.txt`` every pair of the same utterances (`svlab.data.pairs.every_pair`);
+    ``trials/large.txt`` every cross-session target pair and 30,000 non-target pairs of the same
+    utterances (`svlab.data.pairs.every_pair`);
     ``meta.json`` records every setting, the seed, the version and each speaker's physiology.
     The same arguments give byte-identical files, whatever ``workers`` (processes; default up to
     2) is. The corpus is made in a temporary directory beside ``root`` and renamed into place at
@@ -470,7 +471,7 @@ def synthesize_corpus(
         (work / "trials" / "test.txt").write_text(
             "".join(f"{label} {enrol} {test}\n" for label, enrol, test in trials)
         )
-        write_all_pairs(work)
+        write_large_trials(work)
         meta = {
             "generator": "svlab.data.synth",
             "version": VERSION,
