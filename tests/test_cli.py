@@ -147,7 +147,7 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_says_where(training_corpus, 
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     step = checkpoint.load(out_dir / "checkpoint.pt")["step"]
     assert 3 <= step < 8000
-    resume = shlex.join(["svlab", *argv, "--resume"])
+    resume = f"svlab train --config {recipe} --set \"out_dir='{out_dir}'\" --resume"
     assert err == (
         f"interrupted at step {step} of 8000: state saved to {out_dir / 'checkpoint.pt'}; "
         f"resume with: {resume}\n"

@@ -106,14 +106,27 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _resume_command(args: argparse.Namespace) -> str:
     """The ``svlab train`` command line that resumes the run ``args`` started.
 
-    >>> args = argparse.Namespace(config="my r.toml", profile="ci", sets=["epochs=3"])
+    >>> args = argparse.Namespace(config="my r.toml", profile="ci", sets=["out_dir='runs/a'"])
     >>> print(_resume_command(args))
-    svlab train --config 'my r.toml' --profile ci --set epochs=3 --resume
+    svlab train --config 'my r.toml' --profile ci --set "out_dir='runs/a'" --resume
     """
     words = ["svlab", "train", "--config", args.config]
     words += ["--profile", args.profile] if args.profile else []
     words += [word for item in args.sets for word in ("--set", item)]
-    return shlex.join([*words, "--resume"])
+    return " ".join(_shell_word(word) for word in [*words, "--resume"])
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell as a person would: TOML strings' single quotes inside
+    double quotes where that is safe, else :func:`shlex.quote`.
+
+    >>> print(_shell_word("lr=0.1"), _shell_word("name='a b'"), _shell_word("x='$HOME'"))
+    lr=0.1 "name='a b'" 'x='"'"'$HOME'"'"''
+    """
+    quoted = shlex.quote(word)
+    if quoted != word and "'" in word and not set('"$`\\!') & set(word):
+        return f'"{word}"'
+    return quoted
 
 
 def _run(args: argparse.Namespace) -> int:
