@@ -187,3 +187,79 @@ def plot_sensitivity(table: pd.DataFrame, kept: list[str] | None = None):
         title += " (red: kept fp32)"
     fig.update_layout(title=title, showlegend=False, height=520)
     return fig
+
+
+def sensitivity_heatmap(
+    table: pd.DataFrame, title: str = "Hessian-trace sensitivity (log10) per layer and bit width"
+):
+    """A heatmap of ``table`` (one row per layer, one column per bit width, costs > 0) in
+    log10: bit widths as equal-width categories (1, 2, 3, 4, 6, 8, not a numeric axis), every
+    layer named (the height grows with the layers, small labels).
+
+    >>> table = pd.DataFrame({2: [1e-3, 1e-5], 8: [1e-6, 1e-9]}, index=["conv", "fc"])
+    >>> fig = sensitivity_heatmap(table)
+    >>> fig.layout.xaxis.type, list(fig.data[0].x), list(fig.layout.yaxis.tickvals)
+    ('category', ['2', '8'], ['conv', 'fc'])
+    >>> fig.data[0].z.round(1).tolist()
+    [[-3.0, -6.0], [-5.0, -9.0]]
+    """
+    import numpy as np
+    import plotly.graph_objects as go
+
+    if table.empty:
+        raise ValueError("sensitivity_heatmap got an empty table")
+    bits = [str(b) for b in table.columns]
+    layers = [str(layer) for layer in table.index]
+    z = np.log10(table.to_numpy(dtype=float).clip(min=1e-12))
+    fig = go.Figure(go.Heatmap(
+        x=bits, y=layers, z=z, colorscale="Viridis", colorbar={"title": "log10 cost"},
+        hovertemplate="%{y}, %{x} bits: 10^%{z:.2f}<extra></extra>",
+    ))
+    fig.update_layout(
+        title=title,
+        height=max(320, 120 + 16 * len(layers)),
+        xaxis={"type": "category", "title": "bits", "categoryorder": "array",
+               "categoryarray": bits},
+        yaxis={"title": "layer", "tickmode": "array", "tickvals": layers, "ticktext": layers,
+               "autorange": "reversed", "tickfont": {"size": 10}},
+        margin={"l": 200},
+    )
+    return fig
+
+
+def sensitivity_scatter(
+    estimate: pd.Series,
+    measured: pd.Series,
+    title: str = "2-bit sensitivity: estimate vs measured",
+    floor: float = 1e-9,
+):
+    """Log-log scatter of a per-layer estimate (the Hessian cost) against the measured change,
+    titled with their Spearman rank correlation; one tick label per decade (or per few decades
+    on a wide range), so the labels never overlap. Values below ``floor`` are drawn at it.
+
+    >>> est = pd.Series([1e-6, 1e-4, 1e-2], index=["a", "b", "c"])
+    >>> fig = sensitivity_scatter(est, pd.Series([1e-5, 1e-2, 1e-4], index=["a", "b", "c"]))
+    >>> fig.layout.xaxis.type, fig.layout.xaxis.dtick, fig.layout.title.text
+    ('log', 1, '2-bit sensitivity: estimate vs measured (Spearman rho 0.50)')
+    """
+    import numpy as np
+    import plotly.graph_objects as go
+
+    both = pd.DataFrame({"estimate": estimate, "measured": measured})
+    if both.isna().any().any():
+        missing = sorted(both.index[both.isna().any(axis=1)].astype(str))
+        raise ValueError(f"sensitivity_scatter: layers {missing} are in only one of the two")
+    rho = both.rank().corr().iloc[0, 1]
+    shown = both.clip(lower=floor)
+    fig = go.Figure(go.Scatter(
+        x=shown["estimate"], y=shown["measured"], mode="markers", text=list(both.index),
+        hovertemplate="%{text}<br>estimate %{x:.2e}<br>measured %{y:.2e}<extra></extra>",
+    ))
+    axes = {}
+    for axis, column in (("xaxis", "estimate"), ("yaxis", "measured")):
+        logs = np.log10(shown[column].to_numpy(dtype=float))
+        decades = int(np.ceil(logs.max()) - np.floor(logs.min())) or 1
+        axes[axis] = {"type": "log", "dtick": max(1, -(-decades // 6)),
+                      "exponentformat": "power", "title": column}
+    fig.update_layout(title=f"{title} (Spearman rho {rho:.2f})", **axes)
+    return fig
