@@ -161,3 +161,26 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_says_where(training_corpus, 
     ]
     assert f"| {step}/8000 [" in err.split("\r")[1]  # the bar's first drawing
     assert checkpoint.load(out_dir / "checkpoint.pt")["step"] == step + 2
+
+
+def test_ctrl_c_and_a_failed_training_print_one_line(training_corpus, monkeypatch, capsys):
+    """Outside ``svlab train``'s loop too, Ctrl-C exits 130 and training that cannot go on
+    exits 2, each with one line and no traceback."""
+    import svlab.data
+    from svlab.train.loop import TrainingError
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(svlab.data, "check_corpus", interrupted)
+    assert main(["data", "check", str(training_corpus)]) == 130
+    assert capsys.readouterr().err == "svlab data: interrupted\n"
+
+    def diverged(*args, **kwargs):
+        raise TrainingError("loss became nan at step 3 (epoch 1) of 'x'")
+
+    monkeypatch.setattr(svlab.data, "check_corpus", diverged)
+    assert main(["data", "check", str(training_corpus)]) == 2
+    assert capsys.readouterr().err == (
+        "svlab data: error: loss became nan at step 3 (epoch 1) of 'x'\n"
+    )

@@ -21,7 +21,7 @@ from svlab.train import (
     learning_rate,
     train,
 )
-from svlab.train.loop import TrainingInterrupted
+from svlab.train.state import TrainingInterrupted
 
 torch.set_num_threads(1)
 

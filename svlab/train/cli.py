@@ -22,7 +22,8 @@ from svlab.models import available
 from svlab.quant.packed import save_packed
 from svlab.quant.quantize import quantize_model
 from svlab.train.config import TrainConfig
-from svlab.train.loop import TrainingInterrupted, TrainResult, train
+from svlab.train.loop import TrainResult, train
+from svlab.train.state import TrainingInterrupted
 
 PROFILES = ["ci", "laptop", "gpu"]
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +32,7 @@ from svlab.train.distributed import (
 )
 from svlab.train.heads import SpeakerClassifier, training_head
 from svlab.train.schedule import learning_rate
-from svlab.train.state import restore_state, save_state
+from svlab.train.state import TrainingInterrupted, hold_ctrl_c, restore_state, save_state
 
 Prepare = Callable[[nn.Module], nn.Module]
 ModelWriter = Callable[[Path, nn.Module, str, dict], None]
@@ -43,19 +40,6 @@ ModelWriter = Callable[[Path, nn.Module, str, dict], None]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message names the step."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`train` after ``step`` of ``total`` steps, whose training state was
-    saved to ``state_path`` first: ``train(cfg, resume=True)`` continues from it.
-
-    >>> str(TrainingInterrupted(37, 480, Path("runs/x/checkpoint.pt")))
-    'interrupted at step 37 of 480: state saved to runs/x/checkpoint.pt'
-    """
-
-    def __init__(self, step: int, total: int, state_path: Path) -> None:
-        super().__init__(f"interrupted at step {step} of {total}: state saved to {state_path}")
-        self.step, self.total, self.state_path = step, total, state_path
 
 
 @dataclass
@@ -136,12 +120,6 @@ def _corpus_root(cfg: TrainConfig, rank: int, world: int) -> Path:
     if world > 1:
         dist.barrier()
     return get_profile(cfg.profile).data_root
-
-
-def _check_eval_trials(cfg: TrainConfig, root: Path) -> None:
-    """Fail before training when the validation trial list names a file that is not there."""
-    trials = Path(cfg.eval_trials)
-    read_trials(trials if trials.is_file() else root / "trials" / trials, wav_root=root)
 
 
 def _step_counts(cfg: TrainConfig, crops: SpeakerCrops, world: int) -> tuple[int, int, int]:
@@ -235,37 +213,6 @@ def _update(run: _Run, loss: torch.Tensor, correct: torch.Tensor, batch: int) ->
     ]
 
 
-@contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block is done, then raise it as KeyboardInterrupt:
-    an interrupted run then never saves half an optimizer step. Only where Python's own handler
-    is in place, in the main thread; elsewhere the block runs as it is.
-
-    >>> try:
-    ...     with _ctrl_c_held():
-    ...         signal.raise_signal(signal.SIGINT)
-    ...         print("the block finishes")
-    ... except KeyboardInterrupt:
-    ...     print("then Ctrl-C stops it")
-    the block finishes
-    then Ctrl-C stops it
-    """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
 def _log(run: _Run, lr: float, bar: tqdm) -> None:
     """A history row of the loss and accuracy since the last row, summed over processes."""
     sums = torch.tensor(run.meter, dtype=torch.float64)
@@ -351,7 +298,7 @@ def _loop(run: _Run, progress: bool) -> None:
             loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers)
             for feats, labels in loader:
                 loss, correct, lr = _gradients(run, ddp, feats, labels)
-                with _ctrl_c_held():
+                with hold_ctrl_c():
                     _update(run, loss, correct, len(labels))
                     bar.update(1)
                     if run.step % cfg.log_every == 0 or run.step == run.total:
@@ -461,7 +408,8 @@ def train(
     device = pick_device(cfg, local_rank)
     seed_everything(cfg.seed)
     root = _corpus_root(cfg, rank, world)
-    _check_eval_trials(cfg, root)
+    trials = Path(cfg.eval_trials)  # a validation file that is not there fails now, not later
+    read_trials(trials if trials.is_file() else root / "trials" / trials, wav_root=root)
     crops = SpeakerCrops.from_corpus(
         root, cfg.crop_frames, cfg.seed, cfg.precompute_features, cfg.dither
     )

@@ -1,8 +1,12 @@
-"""The training state a run saves as ``checkpoint.pt`` and resumes from, exactly."""
+"""The training state a run saves as ``checkpoint.pt`` and resumes from, exactly; Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +90,47 @@ def restore_state(
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     return state
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train` after ``step`` of ``total`` steps, whose training state was
+    saved to ``state_path`` first: ``train(cfg, resume=True)`` continues from it.
+
+    >>> str(TrainingInterrupted(37, 480, Path("runs/x/checkpoint.pt")))
+    'interrupted at step 37 of 480: state saved to runs/x/checkpoint.pt'
+    """
+
+    def __init__(self, step: int, total: int, state_path: Path) -> None:
+        super().__init__(f"interrupted at step {step} of {total}: state saved to {state_path}")
+        self.step, self.total, self.state_path = step, total, state_path
+
+
+@contextlib.contextmanager
+def hold_ctrl_c() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then raise it as KeyboardInterrupt:
+    an interrupted run then never saves half an optimizer step. Only where Python's own handler
+    is in place, in the main thread; elsewhere the block runs as it is.
+
+    >>> try:
+    ...     with hold_ctrl_c():
+    ...         signal.raise_signal(signal.SIGINT)
+    ...         print("the block finishes")
+    ... except KeyboardInterrupt:
+    ...     print("then Ctrl-C stops it")
+    the block finishes
+    then Ctrl-C stops it
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
