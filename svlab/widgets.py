@@ -20,6 +20,7 @@ from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
 from svlab.metrics import format_difference
 from svlab.workbench.engine import BINARY_SCHEMES, QUANTIZERS, Bits, LiveQuantizer
 from svlab.workbench.figures import (
+    HEIGHT,
     det_figure,
     histogram_figure,
     memory_figure,
@@ -42,7 +43,12 @@ GUIDE = (
     "threshold are learned only by fine-tuning (notebook 06)."
 )
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
-BUSY_CSS = "<style>.svlab-busy {opacity: 0.6; cursor: progress;}</style>"
+# Dimmed while busy; the figure outputs get their plot's height (JupyterLab's plotly renderer
+# sizes its plot to 100% of a parent that would otherwise have none).
+CSS = (
+    "<style>.svlab-busy {opacity: 0.6; cursor: progress;}"
+    f" .svlab-figure .jp-RenderedPlotly {{height: {HEIGHT + 10}px;}}</style>"
+)
 STATIC_NOTE = "{name}: interactive, live when the notebook runs in Jupyter with its kernel"
 
 
@@ -111,6 +117,7 @@ class FigureView:
     def __init__(self, figure: go.Figure, css_class: str) -> None:
         self.figure = figure
         self.output = w.Output(layout=w.Layout(flex="1 1 360px", min_width="300px"))
+        self.output.add_class("svlab-figure")
         self.output.add_class(css_class)
         self.show()
 
@@ -184,8 +191,8 @@ class Workbench:
         self._depth = 0  # actions under way (one inside another: the outer one reports)
         self._syncing = False  # controls being set to match the state: not user events
         wide = {"description_width": "initial"}
-        slider_style = {"description_width": "170px"}
-        slider_layout = w.Layout(width="100%", max_width="430px")
+        slider_style = {"description_width": "150px"}
+        slider_layout = w.Layout(width="100%", max_width="400px")
         self.global_slider = w.SelectionSlider(
             options=BITS_OPTIONS, value="fp32", description="all layers",
             continuous_update=False, layout=slider_layout, style=slider_style,
@@ -251,16 +258,16 @@ class Workbench:
         ])
         sliders = w.VBox(
             [self.global_slider, *self.layer_sliders.values()],
-            layout=w.Layout(max_height="420px", overflow="auto", flex="0 1 440px",
+            layout=w.Layout(max_height="420px", overflow="auto", flex="0 1 410px",
                             min_width="300px"),
         )
         panels = w.VBox(
             [w.HBox([self.numbers, self.layer_picker], layout=wrap),
              w.HBox([self.histogram_view.output, self.det_view.output], layout=wrap)],
-            layout=w.Layout(flex="1 1 620px", min_width="0"),
+            layout=w.Layout(flex="1 1 480px", min_width="0"),
         )
         panel = w.VBox(
-            [w.HTML(BUSY_CSS + f"<p>{GUIDE}</p>"), presets,
+            [w.HTML(CSS + f"<p>{GUIDE}</p>"), presets,
              w.HBox([sliders, panels], layout=w.Layout(flex_flow="row wrap", width="100%"))],
             layout=w.Layout(width="100%"),
         )
@@ -299,9 +306,9 @@ class Workbench:
                 self._depth -= 1
             return
         start = perf_counter()
-        self.panel.add_class("svlab-busy")
         for control in self.controls:
             control.disabled = True
+        self.panel.add_class("svlab-busy")
         self.status.value = f"<i>computing {html.escape(what)}...</i>"
         try:
             yield
@@ -518,8 +525,8 @@ class MemoryPanel:
         """The panel as one widget: controls beside (or, when narrow, above) the bars."""
         controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
                            self.reversible, self.eight_bit], layout=w.Layout(flex="0 1 auto"))
-        bars = w.VBox([self.numbers, self.view.output], layout=w.Layout(flex="1 1 480px",
-                                                                       min_width="300px"))
+        bars = w.VBox([w.HTML(CSS), self.numbers, self.view.output],
+                      layout=w.Layout(flex="1 1 480px", min_width="300px"))
         return w.HBox([controls, bars], layout=w.Layout(flex_flow="row wrap", width="100%"))
 
     def _repr_mimebundle_(self, **kwargs) -> dict:

@@ -12,6 +12,7 @@ DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 DET_LIMITS = (0.0005, 0.5)
 MAX_LEVEL_MARKERS = 2048
 HISTOGRAM_BINS = 80
+HEIGHT = 340  # px, every panel; the width follows the container
 
 
 def probit(rates) -> np.ndarray:
@@ -45,7 +46,7 @@ def det_figure() -> go.Figure:
         title="DET curve",
         xaxis={"title": "false alarm rate (%)", **ticks},
         yaxis={"title": "miss rate (%)", **ticks},
-        height=340,
+        height=HEIGHT,
         autosize=True,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"x": 0.02, "xanchor": "left", "y": 0.02, "yanchor": "bottom"},
@@ -82,7 +83,7 @@ def histogram_figure() -> go.Figure:
         title="weights",
         xaxis_title="weight value",
         yaxis_title="count",
-        height=340,
+        height=HEIGHT,
         autosize=True,
         bargap=0.02,
         title_font_size=13,
@@ -113,7 +114,7 @@ def set_histogram(
     counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
     with fig.batch_update():
         fig.data[0].x, fig.data[0].y = (edges[1:] + edges[:-1]) / 2, counts
-        fig.data[0].width = edges[1] - edges[0]
+        fig.data[0].width = float(edges[1] - edges[0])
         fig.data[1].x, fig.data[1].y = distinct, np.zeros(distinct.size)
         suffix = "" if levels is None else f", {distinct.size} levels"
         fig.layout.title.text = f"{layer}: {label}{suffix}"
@@ -134,5 +135,5 @@ def memory_figure(tables: Mapping, capacity_bytes: int) -> go.Figure:
 
     fig = stacked_bar(tables, title="Peak of one training step (projected)",
                       capacity_bytes=capacity_bytes)
-    fig.update_layout(height=340, autosize=True, margin={"l": 50, "r": 10, "t": 40, "b": 40})
+    fig.update_layout(height=HEIGHT, autosize=True, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
