@@ -8,14 +8,19 @@ On the tutorial checkpoints (``checkpoints/tutorial_*.pt``) scored on the profil
    sizes in between), chosen by exact allocation from each sensitivity; no fine-tuning;
 3. one-shot vs MSFT at one mixed bit map: quantize everything then fine-tune, or quantize in
    stages (several orders) fine-tuning between stages, for the same total number of steps;
-   MSFT with the quantized layers frozen (the paper's) and trained on through the STE ("(STE)");
+   MSFT with the quantized layers frozen (svlab's reading of MSFT) and trained on through the
+   STE ("(STE)");
 4. 1-bit: sign, static, adaptive (and 1-bit k-means), before and after the same fine-tuning
    (at ``--binary-lr``);
 5. the time to allocate bits for a resnet34-sized model (6.6 M weights, 37 layers).
 
 Fine-tuning is ``svlab.train.train`` (AAM-softmax, starting from the checkpoint's trained head)
-for ``--steps`` steps; the fp32 model fine-tuned the same way is the control. Prints tables,
-writes benchmarks/results/mixed.json.
+for ``--steps`` steps, repeated for ``--seeds`` seeds (crops and their order); the fp32 model
+fine-tuned the same way with the same seed is the control. Every EER is scored on
+``trials/large.txt`` with its speaker-bootstrap interval, and every method is compared with
+its control paired on the same trials (`svlab.comparison.compare`); the summaries give the mean
+and spread over seeds and in how many seeds a difference was resolved. Prints tables, writes
+benchmarks/results/mixed.json.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from svlab import checkpoint
+from svlab.comparison import across_seeds, compare
+from svlab.data.pairs import LARGE_TRIALS
 from svlab.evaluate import EvalSet
+from svlab.metrics import eer
 from svlab.models import build
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 from svlab.quant import (
@@ -63,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoints", nargs="*", help="model checkpoints (default: tutorials)")
     parser.add_argument("--profile", default="ci")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of everything untuned")
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds (quick: 1)")
+    parser.add_argument("--trials", default=LARGE_TRIALS, help="trial list under trials/")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (default 60, quick 24)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (Adam)")
     parser.add_argument(
@@ -72,10 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--binary-steps", type=int, help="fine-tuning steps of 1-bit models (default 240, quick 24)"
-    )
-    parser.add_argument(
-        "--only-binary", action="store_true",
-        help="rerun only the 1-bit comparison, replacing it in an existing --out file",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--crop-frames", type=int, default=100)
@@ -164,22 +171,30 @@ def score(eval_set: EvalSet, model: torch.nn.Module) -> float:
     return float(eval_set.score(model)["eer"])
 
 
-def finite_score(eval_set: EvalSet, model: torch.nn.Module) -> float | None:
-    """The EER, or None where the model's scores are not finite (a diverged binary model)."""
+def finite_scores(eval_set: EvalSet, model: torch.nn.Module) -> np.ndarray | None:
+    """The trial scores, or None where they are not finite (a diverged binary model)."""
     try:
-        return score(eval_set, model)
+        return eval_set.score(model)["scores"]
     except ValueError as error:
         if "NaN or infinite" not in str(error):
             raise
         return None
 
 
-def make_tuner(path: Path, args, root: Path, out_dir: Path, lr: float):
-    """A ``fine_tuner`` for the checkpoint at ``path``: the bench's batch, crops and seed, at
-    ``lr``, starting from the checkpoint's trained AAM head."""
+def compared(eval_set: EvalSet, scores: dict, control: str, **keys) -> list[dict]:
+    """`svlab.comparison.compare` of ``scores`` against ``control``, as JSON rows with ``keys``;
+    printed as a table."""
+    table = compare(scores, eval_set.labels, eval_set.pairs, control=control)
+    print(table[["system", "EER", "vs control"]].to_string(index=False))
+    return table.assign(**keys).to_dict(orient="records")
+
+
+def make_tuner(path: Path, args, root: Path, out_dir: Path, lr: float, seed: int):
+    """A ``fine_tuner`` for the checkpoint at ``path``: the bench's batch and crops, ``seed``
+    (crops and their order), at ``lr``, starting from the checkpoint's trained AAM head."""
     return fine_tuner(
         args.profile, data_root=root, lr=lr, batch_size=args.batch_size,
-        crop_frames=args.crop_frames, seed=args.seed, out_dir=out_dir,
+        crop_frames=args.crop_frames, seed=seed, out_dir=out_dir,
         head=checkpoint.load_head(path),
     )
 
@@ -187,8 +202,6 @@ def make_tuner(path: Path, args, root: Path, out_dir: Path, lr: float):
 def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -> dict:
     name = path.stem
     model = checkpoint.load_model(path).eval()
-    tuner = make_tuner(path, args, root, Path(workdir) / name, args.lr)
-    binary_tuner = make_tuner(path, args, root, Path(workdir) / f"{name}-binary", args.binary_lr)
     out: dict = {"checkpoint": str(path), "weights": len(quantizable_names(model))}
     out["fp32"] = {"eer": score(eval_set, model), "size_bytes": model_size(model)}
     feats = calibration_batch(root, args, 16 if args.quick else 32)
@@ -213,11 +226,10 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
         "measured": measured,
     }
 
-    eval_fn = eval_set.score
     widths = (2, 3, 4) if args.quick else CHOICES
     smallest, largest = model_size(model, 1), model_size(model, 4)
     between = [] if args.quick else [smallest + (largest - smallest) * f for f in (0.15, 0.4)]
-    curve = mixed_vs_uniform(model, hessian, eval_fn, widths, extra_sizes=between)
+    curve = mixed_vs_uniform(model, hessian, eval_set.score, widths, extra_sizes=between)
     for row in curve:
         row["sensitivity"] = "hessian" if row["scheme"] == "mixed" else "-"
     sizes = [row["size_bytes"] for row in curve if row["scheme"] == "uniform"] + between
@@ -235,91 +247,124 @@ def bench_model(path: Path, args, eval_set: EvalSet, root: Path, workdir: str) -
             }
         )
     out["curve"] = curve
+    print(f"-- {name}: Hessian-guided mixed vs uniform at each uniform width's size, no tuning")
+    out["mixed_vs_uniform"] = []
+    for width in widths:
+        uniform = quantize_model(model, width)
+        plan = plan_bits(model, hessian, model_size(uniform), CHOICES)
+        scores = {f"uniform {width}-bit": eval_set.score(uniform)["scores"],
+                  f"mixed at {width}-bit size": eval_set.score(quantize_model(model, plan))[
+                      "scores"]}  # fmt: skip
+        out["mixed_vs_uniform"] += compared(eval_set, scores, f"uniform {width}-bit", bits=width)
 
-    steps = args.steps
     target = model_size(model, args.msft_bits)
     plan = plan_bits(model, hessian, target, CHOICES)
-    runs = []
-
-    def record(method: str, tuned: torch.nn.Module, before: float | None, **extra) -> None:
-        runs.append(
-            {
-                "method": method,
-                "size_bytes": model_size(tuned),
-                "eer_before": before,
-                "eer": score(eval_set, tuned),
-                "steps": steps,
-                **extra,
-            }
+    out["msft"] = {"bit_map": plan, "target_bytes": int(target), "steps": args.steps, "seeds": []}
+    out["binary"] = {"steps": args.binary_steps, "lr": args.binary_lr, "seeds": []}
+    for seed in args.seeds:
+        tuner = make_tuner(path, args, root, Path(workdir) / f"{name}-{seed}", args.lr, seed)
+        out["msft"]["seeds"].append(bench_msft(path, model, plan, hessian, args, eval_set, tuner,
+                                               seed))  # fmt: skip
+        binary_tuner = make_tuner(
+            path, args, root, Path(workdir) / f"{name}-binary-{seed}", args.binary_lr, seed
         )
+        out["binary"]["seeds"].append(bench_binary(model, args, eval_set, binary_tuner, seed))
+    for part in ("msft", "binary"):
+        tables = [pd.DataFrame(run["vs_fp32"]) for run in out[part]["seeds"]]
+        out[part]["summary"] = across_seeds(tables).to_dict(orient="records")
+    tables = [pd.DataFrame(run["vs_oneshot"]) for run in out["msft"]["seeds"]]
+    out["msft"]["summary_vs_oneshot"] = across_seeds(tables).to_dict(orient="records")
+    tables = [pd.DataFrame(run["adaptive_vs_static"]) for run in out["binary"]["seeds"]
+              if run["adaptive_vs_static"]]  # fmt: skip
+    out["binary"]["summary_adaptive_vs_static"] = (
+        across_seeds(tables).to_dict(orient="records") if tables else []
+    )
+    return {name: out}
 
-    control = tuner(steps, checkpoint.load_model(path))
-    record("fp32 fine-tuned (control)", control, out["fp32"]["eer"])
-    uniform = quantize_model(model, args.msft_bits)
-    before_uniform = score(eval_set, uniform)
-    record(f"uniform {args.msft_bits}-bit one-shot", tuner(steps, uniform), before_uniform)
+
+def bench_msft(path: Path, model, plan, hessian, args, eval_set, tuner, seed: int) -> dict:
+    """One seed of: fp32 fine-tuned (the control), uniform and mixed one-shot, and MSFT in
+    several orders, all for the same ``--steps``; each against the control and each MSFT run
+    against mixed one-shot, paired on the same trials."""
+    steps = args.steps
+    seed_everything(seed)
+    scores = {"fp32 fine-tuned": eval_set.score(tuner(steps, checkpoint.load_model(path)))[
+        "scores"]}  # fmt: skip
+    seed_everything(seed)
+    uniform = tuner(steps, quantize_model(model, args.msft_bits))
+    scores[f"uniform {args.msft_bits}-bit one-shot"] = eval_set.score(uniform)["scores"]
+    seed_everything(seed)
     oneshot = quantize_model(model, plan)
     before = score(eval_set, oneshot)
-    record("mixed one-shot", tuner(steps, oneshot), before)
+    scores["mixed one-shot"] = eval_set.score(tuner(steps, oneshot))["scores"]
     orders = ("shallow_to_deep", "sensitive_first") if args.quick else (
         "shallow_to_deep", "deep_to_shallow", "sensitive_first", "sensitive_last"
     )
     n_stages = min(4, len(plan))
-    variants = [(order, True) for order in orders] + [
-        (order, False) for order in ("shallow_to_deep", "sensitive_first")
-    ]
-    for order, freeze in variants:
+    stages = {}
+    for order, freeze in [(order, True) for order in orders] + [("shallow_to_deep", False)]:
+        seed_everything(seed)
         tuned, history = msft(
             model, plan, order, steps // n_stages, n_stages=n_stages, sensitivity=hessian,
             trainer=tuner, freeze_quantized=freeze,
-            eval_fn=None if args.quick else (lambda m: score(eval_set, m)),
         )
-        label = f"mixed MSFT {order}" + ("" if freeze else " (STE)")
-        record(label, tuned, before, stages=[h["layers"] for h in history],
-               stage_eer=[h.get("eval") for h in history], freeze_quantized=freeze)
-    out["msft"] = {"bit_map": plan, "target_bytes": int(target), "runs": runs}
+        label = f"MSFT {order}" + ("" if freeze else " (STE)")
+        scores[label] = eval_set.score(tuned)["scores"]
+        stages[label] = [h["layers"] for h in history]
+    print(f"-- {path.stem}, seed {seed}: {steps} fine-tuning steps each, mixed at "
+          f"{args.msft_bits}-bit size (before tuning {100 * before:.2f}%)")  # fmt: skip
+    vs_fp32 = compared(eval_set, scores, "fp32 fine-tuned", seed=seed)
+    print("   MSFT against mixed one-shot:")
+    contrast = {k: v for k, v in scores.items() if k == "mixed one-shot" or k.startswith("MSFT")}
+    vs_oneshot = compared(eval_set, contrast, "mixed one-shot", seed=seed)
+    return {"seed": seed, "mixed_before_tuning": before, "stages": stages,
+            "vs_fp32": vs_fp32, "vs_oneshot": vs_oneshot}  # fmt: skip
 
-    out["binary"] = bench_binary(model, args, eval_set, binary_tuner)
-    return {name: out}
 
-
-def bench_binary(model: torch.nn.Module, args, eval_set: EvalSet, tuner) -> list[dict]:
-    """Each 1-bit scheme (and 1-bit k-means) before and after ``--binary-steps`` of fine-tuning,
-    beside the fp32 model fine-tuned the same way (the tutorial models are not trained to
-    convergence, so the same extra training improves fp32 too)."""
+def bench_binary(model: torch.nn.Module, args, eval_set: EvalSet, tuner, seed: int) -> dict:
+    """One seed of each 1-bit scheme (and 1-bit k-means) before and after ``--binary-steps`` of
+    fine-tuning, beside the fp32 model fine-tuned the same way (the control), paired on the
+    same trials; and adaptive against static."""
     steps = args.binary_steps
-    seed_everything(args.seed)
-    control = tuner(steps, copy.deepcopy(model))
-    binary = [{"scheme": "fp32 (control)", "size_bytes": model_size(model),
-               "eer_ptq": score(eval_set, model), "eer": score(eval_set, control), "steps": steps}]
+    seed_everything(seed)
+    scores = {"fp32 fine-tuned": eval_set.score(tuner(steps, copy.deepcopy(model)))["scores"]}
+    details = []
     for scheme in ("sign", "static", "adaptive", "kmeans"):
-        seed_everything(args.seed)
+        seed_everything(seed)
         if scheme == "kmeans":
             quantized = quantize_model(model, 1)
             size = model_size(quantized)
         else:
             quantized = binarize(model, scheme)
             size = binary_size(quantized)["total"]
-        ptq = finite_score(eval_set, quantized)
-        learned = {}
+        ptq = finite_scores(eval_set, quantized)
+        detail = {"scheme": scheme, "size_bytes": size,
+                  "eer_ptq": None if ptq is None else eer(ptq, eval_set.labels)[0]}  # fmt: skip
         if scheme == "adaptive":
-            learned["before"] = scale_threshold(quantized)
+            detail["learned_before"] = scale_threshold(quantized)
         # fine-tuned even when its embeddings overflow: in training, BatchNorm normalises with
         # batch statistics, and the running ones it ends with fit the binary weights
-        note = "" if ptq is not None else "non-finite embeddings before fine-tuning"
         try:
             tuned = tuner(steps, quantized)
         except TrainingError as error:
-            eer, note = None, f"fine-tuning failed: {error}"
+            detail["note"] = f"fine-tuning failed: {error}"
         else:
-            eer = finite_score(eval_set, tuned)
+            tuned_scores = finite_scores(eval_set, tuned)
+            if tuned_scores is None:
+                detail["note"] = "non-finite embeddings after fine-tuning"
+            else:
+                scores[f"{scheme} 1-bit"] = tuned_scores
             if scheme == "adaptive":
-                learned["after"] = scale_threshold(tuned)
-        binary.append(
-            {"scheme": scheme, "size_bytes": size, "eer_ptq": ptq, "eer": eer, "steps": steps,
-             **({"note": note} if note else {}), **({"learned": learned} if learned else {})}
-        )
-    return binary
+                detail["learned_after"] = scale_threshold(tuned)
+        details.append(detail)
+    print(f"-- 1-bit, seed {seed}: {steps} fine-tuning steps at lr {args.binary_lr}")
+    vs_fp32 = compared(eval_set, scores, "fp32 fine-tuned", seed=seed)
+    both = {k: scores[k] for k in ("static 1-bit", "adaptive 1-bit") if k in scores}
+    adaptive_vs_static = (
+        compared(eval_set, both, "static 1-bit", seed=seed) if len(both) == 2 else []
+    )
+    return {"seed": seed, "schemes": details, "vs_fp32": vs_fp32,
+            "adaptive_vs_static": adaptive_vs_static}  # fmt: skip
 
 
 def average_bits(model: torch.nn.Module, plan: dict[str, int]) -> float:
@@ -336,36 +381,30 @@ def scale_threshold(model: torch.nn.Module) -> dict[str, float]:
     return {"mean_scale": float(scales.mean()), "mean_threshold_over_scale": float(ratios.mean())}
 
 
-def percent(eer: float | None) -> str:
-    return "n/a" if eer is None else f"{100 * eer:.2f}"
-
-
-def print_tables(results: dict) -> None:
+def print_summary(results: dict) -> None:
     print("\nallocation time, resnet34 (exact multiple-choice knapsack, choices 1,2,3,4,6,8)")
     print(f"{'avg bits':>8} {'layers':>6} {'budget KB':>10} {'size KB':>9} {'seconds':>8}  bits")
     for r in results["allocation"]:
         used = ",".join(f"{b}:{n}" for b, n in r["bit_counts"].items() if n)
         print(f"{r['target_avg_bits']:>8} {r['layers']:>6} {r['budget_bytes'] / 1024:>10.1f} "
               f"{r['size_bytes'] / 1024:>9.1f} {r['allocate_seconds']:>8.3f}  {used}")
+    columns = ["system", "seeds", "eer_mean", "eer_sd", "difference_mean", "difference_sd",
+               "resolved"]  # fmt: skip
     for name, m in results["models"].items():
         s = m["sensitivity"]
         print(f"\n== {name}: fp32 EER {100 * m['fp32']['eer']:.2f}%, "
-              f"{m['fp32']['size_bytes'] / 1024:.1f} KB, {m['weights']} quantized weights")
-        print(f"sensitivity: Hessian {s['hessian_seconds']:.1f} s, measured "
+              f"{m['fp32']['size_bytes'] / 1024:.1f} KB, {m['weights']} quantized weights; "
+              f"sensitivity: Hessian {s['hessian_seconds']:.1f} s, measured "
               f"{s['measured_seconds']:.1f} s, Spearman rho {s['spearman']:.3f}")
-        print(f"{'scheme':>8} {'sensitivity':>11} {'avg bits':>8} {'size KB':>8} {'EER %':>7}")
-        for r in sorted(m["curve"], key=lambda r: (r["size_bytes"], r["scheme"])):
-            print(f"{r['scheme']:>8} {r['sensitivity']:>11} {r['bits']:>8.2f} "
-                  f"{r['size_bytes'] / 1024:>8.2f} {100 * r['eer']:>7.2f}")
-        print(f"one-shot vs MSFT (bit map for {m['msft']['target_bytes'] / 1024:.1f} KB)")
-        print(f"{'method':>34} {'size KB':>8} {'EER before':>10} {'EER after':>9}")
-        for r in m["msft"]["runs"]:
-            print(f"{r['method']:>34} {r['size_bytes'] / 1024:>8.2f} "
-                  f"{100 * r['eer_before']:>10.2f} {100 * r['eer']:>9.2f}")
-        print(f"{'1-bit scheme':>12} {'size KB':>8} {'EER PTQ':>8} {'EER tuned':>9}")
-        for r in m["binary"]:
-            print(f"{r['scheme']:>12} {r['size_bytes'] / 1024:>8.2f} {percent(r['eer_ptq']):>8} "
-                  f"{percent(r['eer']):>9}  {r.get('note', '')}")
+        for title, rows in [
+            ("fine-tuned vs fp32 fine-tuned", m["msft"]["summary"]),
+            ("MSFT vs mixed one-shot", m["msft"]["summary_vs_oneshot"]),
+            ("1-bit vs fp32 fine-tuned", m["binary"]["summary"]),
+            ("adaptive vs static 1-bit", m["binary"]["summary_adaptive_vs_static"]),
+        ]:
+            if rows:
+                print(f"{title}, over seeds (EER and difference as fractions):")
+                print(pd.DataFrame(rows)[columns].round(4).to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,28 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.quick and not args.checkpoints:
         paths = paths[:1]
-    eval_set = EvalSet.from_corpus(root, max_seconds=3.0 if args.quick else None)
+    args.seeds = list(range(1 if args.quick else args.seeds))
+    eval_set = EvalSet.from_corpus(
+        root, args.trials, max_seconds=3.0 if args.quick else None
+    )
     results: dict = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "allocation": [] if args.only_binary else bench_allocation(args.quick),
+        "allocation": bench_allocation(args.quick),
         "models": {},
     }
-    if args.only_binary:
-        previous = json.loads(args.out.read_text())
-        previous["settings"].update(
-            {k: results["settings"][k] for k in ("binary_lr", "binary_steps")}
-        )
-        results = previous
     with tempfile.TemporaryDirectory() as workdir:
         for path in paths:
-            if args.only_binary:
-                tuner = make_tuner(path, args, root, Path(workdir) / path.stem, args.binary_lr)
-                model = checkpoint.load_model(path).eval()
-                binary = bench_binary(model, args, eval_set, tuner)
-                results["models"][path.stem]["binary"] = binary
-            else:
-                results["models"].update(bench_model(path, args, eval_set, root, workdir))
-    print_tables(results)
+            results["models"].update(bench_model(path, args, eval_set, root, workdir))
+    print_summary(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 
 from svlab import checkpoint
+from svlab.comparison import across_seeds, compare
+from svlab.data.pairs import LARGE_TRIALS
 from svlab.evaluate import EvalSet
 from svlab.models import build
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
@@ -83,7 +85,9 @@ def speed_vs_sklearn(quick: bool, bits: int = 4) -> dict:
     return {"summary": summary, "layers": rows}
 
 
-def finetune_cfg(path: Path, name: str, overrides: dict, epochs: float, threads: int, root: Path):
+def finetune_cfg(
+    path: Path, name: str, overrides: dict, epochs: float, threads: int, root: Path, seed: int
+):
     """The tutorial model's own recipe (configs/<stem>.toml) turned into a short fine-tuning run."""
     recipe = REPO_ROOT / "configs" / f"{path.stem}.toml"
     base = (
@@ -97,51 +101,79 @@ def finetune_cfg(path: Path, name: str, overrides: dict, epochs: float, threads:
         name=f"ft-{path.stem}",
         data_root=str(root),
         threads=threads,
+        seed=seed,
         out_dir=tempfile.mkdtemp(prefix="svlab-ft-"),
     )
 
 
-def eer_vs_bits(paths, eval_set, root, quick: bool, threads: int) -> list[dict]:
-    """EER and packed size of each tutorial model at each bit width, k-means vs uniform,
-    before and after fine-tuning through the quantizer (with the checkpoint's trained head).
+def interval_rows(table: pd.DataFrame, **keys) -> list[dict]:
+    """A `compare` table as JSON rows, with ``keys`` (model, seed, ...) on each."""
+    columns = ["system", "eer", "eer_low", "eer_high", "min_dcf", "difference", "difference_low",
+               "difference_high", "verdict"]  # fmt: skip
+    return [{**keys, **row} for row in table[columns].to_dict(orient="records")]
 
-    ``fp32_ft_eer`` is the full-precision model after the same fine-tuning run: the control
-    that separates what fine-tuning itself does from what it recovers of quantization."""
+
+def eer_vs_bits(paths, eval_set, quick: bool) -> list[dict]:
+    """Post-training quantization, no fine-tuning: each tutorial model at each bit width,
+    k-means vs uniform levels, its packed size, its EER interval and its paired difference from
+    the fp32 model on the same trials."""
     bit_widths = [4, 2] if quick else [8, 6, 4, 3, 2]
-    epochs = 1 if quick else 2
     rows = []
     for path in paths:
-        fp32, head, name, overrides = checkpoint.load_trained(path)
-        fp32_eer = eval_set.score(fp32.eval())["eer"]
-        control = copy.deepcopy(fp32)
-        cfg = finetune_cfg(path, name, overrides, epochs, threads, root)
-        train(cfg, model=control, progress=False, head=starting_head(head))
-        base = {
-            "model": path.stem,
-            "fp32_eer": fp32_eer,
-            "fp32_ft_eer": eval_set.score(control.eval())["eer"],
-            "fp32_kb": model_size(fp32) / KB,
-        }
+        fp32, _, _, _ = checkpoint.load_trained(path)
+        scores, sizes = {"fp32": eval_set.score(fp32.eval())["scores"]}, {"fp32": model_size(fp32)}
         for method in ("kmeans", "uniform"):
             for bits in bit_widths:
                 seed_everything(0)
                 quantized = quantize_model(fp32, bits, method=method).eval()
-                row = {
-                    **base,
-                    "method": method,
-                    "bits": bits,
-                    "size_kb": model_size(quantized) / KB,
-                    "eer_before_ft": eval_set.score(quantized)["eer"],
-                }
-                if not quick or method == "kmeans":
-                    cfg = finetune_cfg(path, name, overrides, epochs, threads, root)
-                    start = time.perf_counter()
-                    finetune(quantized, cfg, head=head)
-                    row["ft_seconds"] = time.perf_counter() - start
-                    row["eer_after_ft"] = eval_set.score(quantized)["eer"]
-                rows.append(row)
-                print(pd.DataFrame([row]).round(4).to_string(index=False, header=len(rows) == 1))
+                system = f"{bits}-bit {method}"
+                scores[system] = eval_set.score(quantized)["scores"]
+                sizes[system] = model_size(quantized)
+        table = compare(scores, eval_set.labels, eval_set.pairs, control="fp32")
+        for row in interval_rows(table, model=path.stem):
+            rows.append({**row, "size_kb": sizes[row["system"]] / KB})
+        print(f"-- {path.stem}")
+        print(table[["system", "EER", "vs control"]].to_string(index=False))
     return rows
+
+
+def finetuning(paths, eval_set, root, seeds: list[int], quick: bool, threads: int) -> dict:
+    """Fine-tuning through the quantizer, against its control: the fp32 model fine-tuned the
+    same number of steps, from the same trained AAM head, with the same seed (crops, order).
+
+    For each model and seed: fp32 fine-tuned (the control), 4-bit k-means, 4-bit uniform and
+    2-bit k-means, each fine-tuned; each EER with its interval and each difference from the
+    control paired on the same trials. ``summary`` holds the mean and spread over seeds."""
+    epochs = 1 if quick else 2
+    settings = [("4-bit kmeans", 4, "kmeans"), ("2-bit kmeans", 2, "kmeans")]
+    if not quick:
+        settings.insert(1, ("4-bit uniform", 4, "uniform"))
+    rows, summary = [], []
+    for path in paths:
+        fp32, head, name, overrides = checkpoint.load_trained(path)
+        tables = []
+        for seed in seeds:
+            seed_everything(seed)
+            control = copy.deepcopy(fp32)
+            cfg = finetune_cfg(path, name, overrides, epochs, threads, root, seed)
+            result = train(cfg, model=control, progress=False, head=starting_head(head))
+            steps = int(result.history["step"].max())
+            scores = {"fp32 fine-tuned": eval_set.score(control.eval())["scores"]}
+            for system, bits, method in settings:
+                seed_everything(seed)
+                quantized = quantize_model(fp32, bits, method=method)
+                cfg = finetune_cfg(path, name, overrides, epochs, threads, root, seed)
+                finetune(quantized, cfg, head=head)
+                scores[f"{system} fine-tuned"] = eval_set.score(quantized)["scores"]
+            table = compare(scores, eval_set.labels, eval_set.pairs, control="fp32 fine-tuned")
+            tables.append(table)
+            rows += interval_rows(table, model=path.stem, seed=seed, steps=steps)
+            print(f"-- {path.stem}, seed {seed}")
+            print(table[["system", "EER", "vs control"]].to_string(index=False))
+        across = across_seeds(tables)
+        summary += [{"model": path.stem, **row} for row in across.to_dict(orient="records")]
+        print(across.round(4).to_string(index=False))
+    return {"epochs": epochs, "seeds": seeds, "rows": rows, "summary": summary}
 
 
 def packed_file_sizes(model: torch.nn.Module, name: str) -> dict:
@@ -161,31 +193,35 @@ def packed_file_sizes(model: torch.nn.Module, name: str) -> dict:
 
 
 def sensitivity_study(path: Path, eval_set, bits: int, size_fraction: float) -> dict:
-    """Quantize one layer at a time; keep the most harmful layers fp32 for a size target."""
+    """Quantize one layer at a time; keep the most harmful layers fp32 for a size target; the
+    mixed model and the all-``bits`` model against fp32, paired on the same trials."""
     fp32 = checkpoint.load_model(path).eval()
     table = layer_sensitivity(fp32, eval_set.score, bits)
     fp32_size = model_size(fp32)
     kept = keep_precise(table, size_fraction, fp32_size)
-    mixed = quantize_model(fp32, bits, exclude=kept or None).eval()
-    everything = quantize_model(fp32, bits).eval()
-    result = {
+    models = {
+        "fp32": fp32,
+        f"{len(kept)} layers fp32, rest {bits}-bit": quantize_model(
+            fp32, bits, exclude=kept or None
+        ).eval(),
+        f"all {bits}-bit": quantize_model(fp32, bits).eval(),
+    }
+    scores = {system: eval_set.score(model)["scores"] for system, model in models.items()}
+    compared = compare(scores, eval_set.labels, eval_set.pairs, control="fp32")
+    print(table.round(5).to_string(index=False))
+    print(compared[["system", "EER", "vs control"]].to_string(index=False))
+    print(f"kept fp32: {kept}")
+    return {
         "model": path.stem,
         "bits": bits,
         "size_target": size_fraction,
-        "fp32": {"eer": table.attrs["baseline"], "size_kb": fp32_size / KB},
-        "mixed": {"eer": eval_set.score(mixed)["eer"], "size_kb": model_size(mixed) / KB},
-        f"all_{bits}bit": {
-            "eer": eval_set.score(everything)["eer"],
-            "size_kb": model_size(everything) / KB,
-        },
+        "systems": [
+            {**row, "size_kb": model_size(models[row["system"]]) / KB}
+            for row in interval_rows(compared)
+        ],
         "kept_fp32": kept,
         "table": table.to_dict(orient="records"),
     }
-    print(table.round(5).to_string(index=False))
-    summary = {k: result[k] for k in ("fp32", "mixed", f"all_{bits}bit")}
-    print(pd.DataFrame(summary).T.round(4).to_string())
-    print(f"kept fp32: {kept}")
-    return result
 
 
 def outlier_lstm(eval_set, root, quick: bool, threads: int) -> dict:
@@ -211,7 +247,7 @@ def outlier_lstm(eval_set, root, quick: bool, threads: int) -> dict:
     trained = train(cfg, model=LSTMEncoder(hidden=128), progress=False).model.eval()
     model = with_outlier_inputs(trained, "lstm.weight_ih_l0").eval()
     weight = model.model.lstm.weight_ih_l0.detach()
-    rows = [{"setting": "fp32", "eer": eval_set.score(model)["eer"], "size_kb": model_size(model)}]
+    scores, sizes = {"fp32": eval_set.score(model)["scores"]}, {"fp32": model_size(model)}
     for label, bits, granularity in [
         ("4-bit per tensor", 4, "tensor"),
         ("4-bit per row", 4, "channel"),
@@ -219,16 +255,11 @@ def outlier_lstm(eval_set, root, quick: bool, threads: int) -> dict:
         ("4-bit per tensor, input layer 8-bit", {"model.lstm.weight_ih_l0": 8, "*": 4}, "tensor"),
     ]:
         quantized = quantize_model(model, bits, granularity=granularity).eval()
-        rows.append(
-            {
-                "setting": label,
-                "eer": eval_set.score(quantized)["eer"],
-                "size_kb": model_size(quantized),
-            }
-        )
-    for row in rows:
-        row["size_kb"] /= KB
-    print(pd.DataFrame(rows).round(4).to_string(index=False))
+        scores[label] = eval_set.score(quantized)["scores"]
+        sizes[label] = model_size(quantized)
+    compared = compare(scores, eval_set.labels, eval_set.pairs, control="fp32")
+    rows = [{**row, "size_kb": sizes[row["system"]] / KB} for row in interval_rows(compared)]
+    print(compared[["system", "EER", "vs control"]].to_string(index=False))
     return {
         "input_weight_max_abs": float(weight.abs().max()),
         "input_weight_std": float(weight.std()),
@@ -242,6 +273,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="checkpoints/tutorial_*.pt")
     parser.add_argument("--sensitivity-model", default="tutorial_ecapa")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds (quick: 1)")
+    parser.add_argument("--trials", default=LARGE_TRIALS, help="trial list under trials/")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -250,6 +283,8 @@ def main() -> None:
         "settings": {
             "quick": args.quick,
             "threads": args.threads,
+            "trials": args.trials,
+            "seeds": args.seeds,
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
@@ -266,7 +301,7 @@ def main() -> None:
         results["eer"] = {"skipped": f"no checkpoints match {args.checkpoints}"}
     else:
         root = get_profile("ci").ensure_corpus()
-        eval_set = EvalSet.from_corpus(root)
+        eval_set = EvalSet.from_corpus(root, args.trials)
         print("== packed file sizes")
         seed_everything(0)
         full_size = [] if args.quick else ["resnet34", "ecapa_c512", "dfresnet56"]
@@ -274,8 +309,13 @@ def main() -> None:
             packed_file_sizes(checkpoint.load_model(p), p.stem) for p in paths
         ] + [packed_file_sizes(build(name), f"{name} (untrained)") for name in full_size]
         print(pd.DataFrame(results["packed_files"]).round(4).to_string(index=False))
-        print("== EER vs bits, k-means vs uniform, before / after fine-tuning")
-        results["eer"] = eer_vs_bits(paths, eval_set, root, args.quick, args.threads)
+        print(f"== EER vs bits, k-means vs uniform, no fine-tuning ({args.trials})")
+        results["eer"] = eer_vs_bits(paths, eval_set, args.quick)
+        seeds = list(range(1 if args.quick else args.seeds))
+        print(f"== fine-tuning through the quantizer vs fp32 fine-tuned alike, seeds {seeds}")
+        results["finetuning"] = finetuning(
+            paths, eval_set, root, seeds, args.quick, args.threads
+        )
         chosen = [p for p in paths if p.stem == args.sensitivity_model]
         if chosen:
             print(f"== layer-wise sensitivity of {chosen[0].stem} at 4 bits, half-size target")
