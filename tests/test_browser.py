@@ -1,9 +1,14 @@
 """The workbench in a real browser: JupyterLab on loopback, headless Debian chromium, Playwright.
 
 The notebook is copied to a temporary directory (JupyterLab autosaves what it runs), served by a
-JupyterLab on 127.0.0.1 with a random free port and token, opened in headless chromium, and run;
-then a bits slider is moved with the keyboard and the EER text and the histogram must change.
-A screenshot goes to ``tests/artifacts/``. Every wait is bounded; JupyterLab is always stopped.
+JupyterLab on 127.0.0.1 with a random free port and token, opened in headless chromium at
+1366 px, and run. The sensitivity pick must show the busy state (class, disabled button,
+progress bar) and end with a short summary; a bits slider moved with the keyboard must change
+the EER and the histogram; after saving and reloading the tab on the running kernel, the
+histogram's title, levels and bars and the DET's quantized line must still be the current ones.
+At 1366 and 1920 px nothing of the workbench may overflow its output area or the window, and no
+label may be cut; screenshots go to ``tests/artifacts/workbench_<width>.png``. Every wait is
+bounded; JupyterLab is always stopped.
 
 Needs ``/usr/bin/chromium`` (``scripts/install_browser.sh``) and the ``playwright`` package (its
 bundled driver only; no browser is downloaded). Outside CI the test skips when either is missing.
@@ -76,6 +81,10 @@ def lab(tmp_path_factory):
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
     log = work / "jupyterlab.log"
+    news = work / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    news /= "notification.jupyterlab-settings"
+    news.write_text('{"fetchNews": "false"}')  # no "Jupyter news?" popup over the screenshots
     command = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
@@ -121,14 +130,71 @@ KERNEL_IDLE = """() => {
         && prompts.every(t => /\\[\\d+\\]/.test(t));
 }"""
 HISTOGRAM = """() => {
-    const plots = Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p =>
-        p.layout && p.layout.xaxis && p.layout.xaxis.title
-        && p.layout.xaxis.title.text === 'weight value');
-    if (plots.length !== 1 || !plots[0].data || plots[0].data.length < 2) return null;
-    const plot = plots[0], levels = plot.data[1].x;
+    const plots = Array.from(document.querySelectorAll('.svlab-histogram .js-plotly-plot'));
+    if (plots.length !== 1 || !plots[0]._fullData || plots[0]._fullData.length < 2) return null;
+    const plot = plots[0], bars = plot._fullData[0].y, levels = plot._fullData[1].x;
     return {title: plot.layout.title.text, levels: levels ? Array.from(levels).length : 0,
-            tagged: !!plot.closest('.svlab-histogram')};
+            count: bars ? Array.from(bars).reduce((a, b) => a + b, 0) : 0};
 }"""
+DET_LINES = """() => {
+    const plot = document.querySelector('.svlab-det .js-plotly-plot');
+    return plot && plot._fullData ? plot._fullData.map(t => [t.name, t.x ? t.x.length : 0]) : [];
+}"""
+OVERFLOW = """() => {
+    const area = document.querySelector('.jp-OutputArea-output:has(.svlab-workbench)');
+    const bench = area.querySelector('.svlab-workbench');
+    const problems = [];
+    for (const box of [area, bench]) {
+        if (box.scrollWidth > box.clientWidth + 1)
+            problems.push(`${box.className}: scrollWidth ${box.scrollWidth} > ${box.clientWidth}`);
+    }
+    for (const plot of bench.querySelectorAll('.js-plotly-plot')) {
+        const r = plot.getBoundingClientRect();
+        if (r.left < 0 || r.right > window.innerWidth || r.width < 200)
+            problems.push(`plot ${r.left}-${r.right} (window ${window.innerWidth})`);
+    }
+    for (const label of bench.querySelectorAll('.widget-label, .widget-label-basic')) {
+        if (label.scrollWidth > label.clientWidth + 1)
+            problems.push(`label cut: ${label.textContent}`);
+    }
+    return problems;
+}"""
+WIDTHS = (1366, 1920)
+
+
+def _run_notebook(page, url: str, token: str) -> None:
+    page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook", timeout=SERVER_START_S * 1000)
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " return !!(w && w.sessionContext && w.sessionContext.session"
+        " && w.sessionContext.session.kernel"
+        " && w.sessionContext.session.kernel.status === 'idle'); }",
+        timeout=SERVER_START_S * 1000,
+    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_selector(".svlab-eer", timeout=NOTEBOOK_RUN_S * 1000)
+    page.wait_for_function(KERNEL_IDLE, timeout=NOTEBOOK_RUN_S * 1000, polling=500)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+    assert not tracebacks, f"the notebook raised in the browser:\n{tracebacks[0][:2000]}"
+
+
+def _check_width(page, width: int) -> None:
+    """At ``width`` px: nothing overflows, no label is cut; a screenshot of the workbench."""
+    page.set_viewport_size({"width": width, "height": 1100})
+    page.wait_for_timeout(1500)  # plotly redraws its responsive plots on the resize
+    page.locator(".svlab-workbench .svlab-layer-slider").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"workbench_{width}.png"))
+    assert page.evaluate(OVERFLOW) == [], f"at {width} px"
+
+
+def _layer_numel(title: str) -> int:
+    """Weights of the layer a histogram title names, from the checkpoint the notebook loads."""
+    from svlab.checkpoint import load_model
+
+    model = load_model(REPO / "checkpoints" / "tutorial_resnet.pt")
+    return dict(model.named_parameters())[title.split(":")[0]].numel()
 
 
 @pytest.mark.slow
@@ -140,7 +206,7 @@ def test_workbench_runs_and_reacts_in_chromium(playwright_api, lab, tmp_path):
         executable_path=str(CHROMIUM),
         headless=True,
         args=CHROMIUM_FLAGS,
-        viewport={"width": 1600, "height": 1100},
+        viewport={"width": WIDTHS[0], "height": 1100},
     )
     try:
         context.set_default_timeout(UPDATE_S * 1000)
@@ -148,61 +214,69 @@ def test_workbench_runs_and_reacts_in_chromium(playwright_api, lab, tmp_path):
         console = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset")
-        page.wait_for_selector(".jp-Notebook", timeout=SERVER_START_S * 1000)
+        _run_notebook(page, url, token)
+        _check_width(page, WIDTHS[0])
+
+        # a long action: busy class, disabled button, progress bar, then a short summary
+        pick = page.locator(".svlab-workbench button", has_text="sensitivity pick").first
+        pick.scroll_into_view_if_needed()
+        pick.click()
+        page.wait_for_selector(".svlab-busy", timeout=UPDATE_S * 1000)
         page.wait_for_function(
-            "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-            " return !!(w && w.sessionContext && w.sessionContext.session"
-            " && w.sessionContext.session.kernel"
-            " && w.sessionContext.session.kernel.status === 'idle'); }",
-            timeout=SERVER_START_S * 1000,
-        )
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        page.wait_for_selector(".svlab-eer", timeout=NOTEBOOK_RUN_S * 1000)
-        page.wait_for_function(KERNEL_IDLE, timeout=NOTEBOOK_RUN_S * 1000, polling=500)
-        errors = page.locator(
-            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-        )
-        tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
-        assert not tracebacks, f"the notebook raised in the browser:\n{tracebacks[0][:2000]}"
+            "() => !!document.querySelector('.svlab-busy') && Array.from(document"
+            ".querySelectorAll('.svlab-workbench .widget-button')).every(b => b.disabled)")
+        page.wait_for_function(
+            "() => { const p = document.querySelector('.svlab-progress');"
+            " return p && getComputedStyle(p).visibility === 'visible'; }")
+        page.wait_for_function(
+            "() => /updated in \\d+\\.\\d\\d s/.test("
+            "document.querySelector('.svlab-status').textContent)",
+            timeout=NOTEBOOK_RUN_S * 1000)
+        assert page.locator(".svlab-busy").count() == 0 and not pick.is_disabled()
+        summary = page.locator(".svlab-message").first.inner_text()
+        assert 0 < len(summary) < 300, summary
 
         eer_before = page.locator(".svlab-eer").first.inner_text()
         histogram_before = page.evaluate(HISTOGRAM)
-        assert histogram_before is not None, "the histogram FigureWidget did not render"
-
+        assert histogram_before is not None, "the histogram did not render"
         slider = page.locator(".svlab-layer-slider").first
         slider.scroll_into_view_if_needed()
         handle = slider.locator(".noUi-handle").first
         handle.focus()
         handle.press("Home")  # fp32 -> 1 bit: the largest change a slider can make
-
         page.wait_for_function(
             "(before) => { const e = document.querySelector('.svlab-eer');"
             " return e && e.textContent !== before; }",
             arg=eer_before,
-            timeout=UPDATE_S * 1000,
         )
         page.wait_for_function(
             f"(before) => {{ const h = ({HISTOGRAM})();"
             " return h && h.title !== before.title && h.levels > 0; }",
             arg=histogram_before,
-            timeout=UPDATE_S * 1000,
         )
+        moved = page.evaluate(HISTOGRAM)
+        assert "1 bit" in moved["title"] and moved["levels"] == 2
+        assert moved["count"] == _layer_numel(moved["title"])
         eer_after = page.locator(".svlab-eer").first.inner_text()
-        histogram_after = page.evaluate(HISTOGRAM)
         assert eer_after != eer_before
-        assert "1 bit" in histogram_after["title"] and histogram_after["levels"] == 2
 
-        page.locator(".svlab-numbers").first.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "workbench.png"))
-        workbench = page.locator(".jp-OutputArea-output:has(.svlab-numbers)").first
-        workbench.screenshot(path=str(ARTIFACTS / "workbench_widget.png"))
+        # the same kernel, the tab reloaded: the figures show the state they had
+        page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_timeout(1000)
+        page.reload()
+        page.wait_for_selector(".svlab-histogram .js-plotly-plot", timeout=SERVER_START_S * 1000)
+        page.wait_for_function(f"() => ({HISTOGRAM})() !== null")
+        reloaded = page.evaluate(HISTOGRAM)
+        assert reloaded == moved, f"after reload {reloaded}, before {moved}"
+        assert page.locator(".svlab-eer").first.inner_text() == eer_after
+        lines = dict(page.evaluate(DET_LINES))
+        assert lines.get("fp32", 0) > 1 and lines.get("quantized", 0) > 1, lines
+
+        _check_width(page, WIDTHS[1])
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failure.png"))
         print(f"JupyterLab log:\n{log.read_text()[-3000:]}")
         print("browser console:\n" + "\n".join(console[-40:]))
-        print(page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                            ".map(p => p.parentElement.parentElement.className)"))
         raise
     finally:
         context.close()
