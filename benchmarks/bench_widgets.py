@@ -1,11 +1,19 @@
-"""Workbench interactivity: seconds from one layer's bits change to new EER, cold and cached.
+"""Workbench interactivity: seconds per slider move, cold re-score, and re-embedding everything.
 
-For each quantizable layer of the tutorial model, one at a time: set it to 4 bits (k-means
-fitted now: "cold"), back to fp32, and to 4 bits again (codebook cached: "warm"). Each change is
-what a slider does: swap the layer's weight, re-embed from the first changed block on
-(PrefixCache), re-score every trial. Beside it, the same re-scoring by a full forward
-(EvalSet.score of the whole model), measured in the same run. Trial list: workbench_trials
-(4 utterances per test speaker, first 2 s, every pair), a subset of the corpus's utterances.
+Two settings side by side in one run, on the same model, trials and machine:
+
+- ``torch threads``: the re-scoring on torch's default intra-op threads (what the workbench did
+  before: all cores);
+- ``1 thread``: :class:`svlab.workbench.engine.LiveQuantizer`'s default now.
+
+For each: ``--moves`` slider moves through :class:`svlab.widgets.Workbench` (the whole action a
+learner waits for: re-quantize, re-embed from the changed block on, re-score, intervals,
+numbers, both figures sent), over layers and bit-widths drawn with a fixed seed; the cold
+re-score of each layer at 4 bits (its k-means codebook fitted in the move) through
+:class:`LiveQuantizer`; and a full re-embedding and re-scoring (``EvalSet.score``). The model is
+the ci tutorial ResNet (``checkpoints/tutorial_resnet.pt``), the trials ``workbench_trials``
+(4 utterances per test speaker, first 2 s, every pair). The load average is recorded: on
+shared cores the numbers move a lot; the target (median move under 0.5 s) is for an idle machine.
 """
 
 from __future__ import annotations
@@ -13,21 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from svlab.checkpoint import load_model
 from svlab.evaluate import EvalSet
-from svlab.models import build
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
-from svlab.workbench.engine import LiveQuantizer, workbench_trials
+from svlab.storage import atomic_write
+from svlab.widgets import BITS_OPTIONS, Workbench
+from svlab.workbench.engine import LiveQuantizer, torch_threads, workbench_trials
 
 RESULTS = Path(__file__).parent / "results" / "widgets.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"
-TUTORIAL_ARGS = {"base_width": 8, "depths": [1, 1, 1, 1], "strides": [2, 2, 2, 2], "embed_dim": 64}
 
 
 def timed(fn) -> float:
@@ -36,57 +46,85 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def p90(values: list[float]) -> float:
+    return float(np.percentile(values, 90))
+
+
+def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], layers) -> dict:
+    """One setting: slider moves through the widget, cold re-scores, full re-embeddings."""
+    live = LiveQuantizer(model, evalset, threads=threads)
+    cold = []
+    for layer in layers:
+        cold.append(timed(lambda layer=layer: live.set_bits(layer, 4)))
+        live.set_bits(layer, None)
+    with torch_threads(threads):
+        full = [timed(lambda: evalset.score(live.model)) for _ in range(3)]
+    wb = Workbench(live)
+    seconds = []
+    for layer, option in moves:
+        slider = wb.layer_sliders[layer]
+        if slider.value == option:
+            option = "fp32" if option != "fp32" else "4"
+        seconds.append(timed(lambda slider=slider, option=option: setattr(slider, "value",
+                                                                          option)))
+    return {
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "slider_moves": len(seconds),
+        "median_move_s": statistics.median(seconds),
+        "p90_move_s": p90(seconds),
+        "median_cold_rescore_s": statistics.median(cold),
+        "p90_cold_rescore_s": p90(cold),
+        "median_reembed_all_s": statistics.median(full),
+        "move_seconds": seconds,
+        "cold_seconds": dict(zip(layers, cold, strict=True)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="every 3rd layer only")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="10 moves, every 3rd layer cold")
+    parser.add_argument("--moves", type=int, default=40)
     parser.add_argument("--per-speaker", type=int, default=4)
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     seed_everything(0)
+    moves_n = 10 if args.quick else args.moves
     root = get_profile("ci").ensure_corpus()
-    if args.checkpoint.is_file():
-        model, model_name = load_model(args.checkpoint), args.checkpoint.name
-    else:  # no checkpoint yet: configs/tutorial_resnet.toml's architecture, untrained weights
-        model = build("resnet18", **TUTORIAL_ARGS)
-        model_name = "tutorial resnet architecture, untrained (no checkpoint found)"
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"{args.checkpoint} is missing: run `make checkpoints` first")
+    model = load_model(args.checkpoint)
     trials = workbench_trials(root, per_speaker=args.per_speaker)
     evalset = EvalSet.from_trials(trials, root / "wav", max_seconds=2.0)
-    live = LiveQuantizer(model, evalset)
-    layers = live.layers[::3] if args.quick else live.layers
-    rows = []
-    for layer in layers:
-        cold = timed(lambda layer=layer: live.set_bits(layer, 4))
-        back = timed(lambda layer=layer: live.set_bits(layer, None))
-        warm = timed(lambda layer=layer: live.set_bits(layer, 4))
-        recomputed = len(live.cache.last_recomputed)
-        live.set_bits(layer, None)
-        rows.append({"layer": layer, "cold_s": cold, "fp32_s": back, "warm_s": warm,
-                     "blocks_recomputed": recomputed})
-    full = [timed(lambda: evalset.score(live.model)) for _ in range(3)]
+    layers = LiveQuantizer(model, evalset).layers
+    rng = np.random.default_rng(0)
+    moves = [(layers[rng.integers(len(layers))], BITS_OPTIONS[rng.integers(len(BITS_OPTIONS))])
+             for _ in range(moves_n)]
+    cold_layers = layers[::3] if args.quick else layers
+    load_before = os.getloadavg()
+    settings = {
+        "torch threads": measure(model, evalset, None, moves, cold_layers),
+        "1 thread": measure(model, evalset, 1, moves, cold_layers),
+    }
     summary = {
-        "model": model_name,
-        "threads": args.threads,
+        "model": args.checkpoint.name,
         "utterances": len(evalset.keys),
         "trials": len(trials),
-        "layers_measured": len(rows),
-        "median_cold_s": statistics.median(r["cold_s"] for r in rows),
-        "median_warm_s": statistics.median(r["warm_s"] for r in rows),
-        "median_full_forward_rescore_s": statistics.median(full),
-        "cache_mb": live.cache.cached_bytes() / 2**20,
-        "load_average_1min": os.getloadavg()[0],  # other processes sharing the cores
+        "quick": args.quick,
+        "torch_default_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
+        "torch": torch.__version__,
+        "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
     }
-    print(f"{'layer':32s} {'cold s':>7s} {'fp32 s':>7s} {'warm s':>7s} {'blocks':>6s}")
-    for r in rows:
-        print(f"{r['layer']:32s} {r['cold_s']:7.3f} {r['fp32_s']:7.3f} {r['warm_s']:7.3f} "
-              f"{r['blocks_recomputed']:6d}")
+    keys = ["threads", "median_move_s", "p90_move_s", "median_cold_rescore_s",
+            "median_reembed_all_s"]
+    print(f"{'setting':14s} " + " ".join(f"{k:>22s}" for k in keys))
+    for name, row in settings.items():
+        print(f"{name:14s} " + " ".join(
+            f"{row[k]:22.3f}" if isinstance(row[k], float) else f"{row[k]:22d}" for k in keys))
     for key, value in summary.items():
-        print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"summary": summary, "layers": rows}, indent=1))
-    tmp.replace(RESULTS)
+        print(f"{key:32s} {value}")
+    text = json.dumps({"summary": summary, "settings": settings, "moves": moves}, indent=1)
+    atomic_write(RESULTS, lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
