@@ -17,15 +17,21 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
-from svlab.metrics import format_difference
 from svlab.workbench.engine import BINARY_SCHEMES, QUANTIZERS, Bits, LiveQuantizer
 from svlab.workbench.figures import (
-    HEIGHT,
     det_figure,
     histogram_figure,
     memory_figure,
     set_det,
     set_histogram,
+)
+from svlab.workbench.views import (
+    CSS,
+    STATIC_NOTE,
+    FigureView,
+    numbers_html,
+    pick_summary,
+    short_name,
 )
 
 BITS_OPTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "fp32")
@@ -42,14 +48,6 @@ GUIDE = (
     "others use k-means); the adaptive one starts equal to the static one, its scale and "
     "threshold are learned only by fine-tuning (notebook 06)."
 )
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
-# Dimmed while busy; the figure outputs get their plot's height (JupyterLab's plotly renderer
-# sizes its plot to 100% of a parent that would otherwise have none).
-CSS = (
-    "<style>.svlab-busy {opacity: 0.6; cursor: progress;}"
-    f" .svlab-figure .jp-RenderedPlotly {{height: {HEIGHT + 10}px;}}</style>"
-)
-STATIC_NOTE = "{name}: interactive, live when the notebook runs in Jupyter with its kernel"
 
 
 def bits_value(option: str) -> Bits:
@@ -68,98 +66,6 @@ def bits_option(bits: Bits) -> str:
     ('fp32', '2')
     """
     return "fp32" if bits is None else str(bits)
-
-
-def numbers_html(summary: dict[str, float]) -> str:
-    """The numbers panel: EER (with its 95% speaker-bootstrap interval) and minDCF against
-    fp32, the paired EER difference from fp32 on the same trials, packed size and ratio.
-
-    >>> text = numbers_html({"eer": 0.05, "eer_low": 0.03, "eer_high": 0.08, "delta": 0.01,
-    ...                      "delta_low": -0.004, "delta_high": 0.02, "min_dcf": 0.5,
-    ...                      "fp32_eer": 0.04, "fp32_min_dcf": 0.4, "size_kb": 100.0,
-    ...                      "fp32_size_kb": 800.0, "ratio": 8.0})
-    >>> "<b class='svlab-eer'>5.00%</b> [3.0, 8.0]" in text, "not resolved" in text
-    (True, True)
-    """
-    delta = (summary["delta"], summary["delta_low"], summary["delta_high"])
-    rows = [
-        ("EER (95% interval)",
-         f"<b class='svlab-eer'>{100 * summary['eer']:.2f}%</b> "
-         f"[{100 * summary['eer_low']:.1f}, {100 * summary['eer_high']:.1f}]",
-         f"{100 * summary['fp32_eer']:.2f}%"),
-        ("EER - fp32, paired", f"<span class='svlab-delta'>{format_difference(delta)}</span>",
-         ""),
-        ("minDCF (p=0.01)", f"<b class='svlab-mindcf'>{summary['min_dcf']:.3f}</b>",
-         f"{summary['fp32_min_dcf']:.3f}"),
-        ("size", f"<b class='svlab-size'>{summary['size_kb']:.1f} KB</b>",
-         f"{summary['fp32_size_kb']:.1f} KB"),
-        ("compression", f"<b class='svlab-ratio'>{summary['ratio']:.1f}x</b>", "1.0x"),
-    ]  # fmt: skip
-    body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
-    head = "<tr><th></th><th>now</th><th>fp32</th></tr>"
-    return f"<table style='font-size:14px'>{head}{body}</table>"
-
-
-class FigureView:
-    """A plotly figure shown in an ipywidgets ``Output``, sent whole on every :meth:`show`.
-
-    An Output's content is widget state that the kernel holds: a reloaded browser tab (or a
-    second view of the cell) shows the figure as it is now. A plotly FigureWidget sends only
-    changes, which a view that was not open at the time never receives, so after a reload its
-    title and bars could come from different moves. ``figure`` is the Python state to change.
-
-    >>> view = FigureView(go.Figure(go.Bar(y=[1, 2]), layout={"title": "a"}), "svlab-x")
-    >>> view.figure.layout.title.text = "b"; view.show()
-    >>> view.output.outputs[0]["data"][PLOTLY_MIME]["layout"]["title"]["text"]
-    'b'
-    """
-
-    def __init__(self, figure: go.Figure, css_class: str) -> None:
-        self.figure = figure
-        self.output = w.Output(layout=w.Layout(flex="1 1 360px", min_width="300px"))
-        self.output.add_class("svlab-figure")
-        self.output.add_class(css_class)
-        self.show()
-
-    def show(self) -> None:
-        """Send the figure's current data and layout to every view."""
-        bundle = {**self.figure.to_plotly_json(), "config": {"responsive": True,
-                                                             "displaylogo": False}}
-        title = self.figure.layout.title.text or "figure"
-        self.output.outputs = ({
-            "output_type": "display_data",
-            "data": {PLOTLY_MIME: bundle, "text/plain": f"plotly figure: {title}"},
-            "metadata": {},
-        },)
-
-
-def pick_summary(deltas: dict[str, float], bit_map: dict[str, Bits], tolerance: float) -> str:
-    """One or two lines on a sensitivity pick: how many layers were quantized, and the kept
-    ones nearest the ``tolerance`` (EER changes as fractions, shown in % points).
-
-    >>> print(pick_summary({"a": 0.02, "b": 0.009, "c": 0.001}, {"a": None, "b": None, "c": 2},
-    ...                    0.005))
-    1 of 3 layers at 2 bits (EER +0.10 points alone); 2 kept fp32, the closest: b +0.90, a +2.00
-    >>> print(pick_summary({"a": 0.02, "b": 0.009}, {"a": None, "b": None}, 0.005))
-    no layer stays within +0.50 points alone: all 2 kept fp32, the closest: b +0.90, a +2.00. \
-Raise the tolerance to 0.9 or pick more bits.
-    """
-    picked = [layer for layer, bits in bit_map.items() if bits is not None]
-    kept = sorted((layer for layer in bit_map if bit_map[layer] is None), key=deltas.get)
-    closest = ", ".join(f"{_short(layer)} {100 * deltas[layer]:+.2f}" for layer in kept[:3])
-    more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
-    if not picked:
-        return (f"no layer stays within +{100 * tolerance:.2f} points alone: all {len(kept)} "
-                f"kept fp32, the closest: {closest}{more}. Raise the tolerance to "
-                f"{100 * deltas[kept[0]]:.1f} or pick more bits.")
-    worst = max(deltas[layer] for layer in picked)
-    text = (f"{len(picked)} of {len(bit_map)} layers at {bit_map[picked[0]]} bits "
-            f"(EER {100 * worst:+.2f} points alone)")
-    return text + (f"; {len(kept)} kept fp32, the closest: {closest}{more}" if kept else "")
-
-
-def _short(layer: str) -> str:
-    return layer.removesuffix(".weight")
 
 
 class Workbench:
@@ -199,7 +105,7 @@ class Workbench:
         )
         self.layer_sliders = {
             layer: w.SelectionSlider(
-                options=BITS_OPTIONS, value="fp32", description=_short(layer),
+                options=BITS_OPTIONS, value="fp32", description=short_name(layer),
                 continuous_update=False, layout=slider_layout, style=slider_style,
             )
             for layer in live.layers
@@ -339,7 +245,7 @@ class Workbench:
     def _on_layer(self, layer: str, change: dict) -> None:
         if self._syncing:
             return
-        with self._action(f"{_short(layer)} at {change['new']}"):
+        with self._action(f"{short_name(layer)} at {change['new']}"):
             with self._sync():
                 self.layer_picker.value = layer
             self._report(lambda: self.live.set_bits(layer, bits_value(change["new"])))
@@ -352,7 +258,7 @@ class Workbench:
 
     def _on_pick_layer(self, change: dict) -> None:
         if not self._syncing:
-            with self._action(f"histogram of {_short(change['new'])}"):
+            with self._action(f"histogram of {short_name(change['new'])}"):
                 self._draw_histogram()
 
     def _on_quantizer(self, change: dict) -> None:

@@ -15,10 +15,11 @@ from svlab.models import ECAPATDNN, ResNet
 from svlab.quant import quantize_model
 from svlab.quant.binarize import binarize, binary_size
 from svlab.quant.packed import model_size
-from svlab.widgets import PLOTLY_MIME, MemoryPanel, Workbench, bits_option
+from svlab.widgets import MemoryPanel, Workbench, bits_option
 from svlab.workbench.cache import PrefixCache
 from svlab.workbench.engine import LiveQuantizer, workbench_trials
 from svlab.workbench.figures import probit
+from svlab.workbench.views import PLOTLY_MIME
 
 torch.set_num_threads(1)
 
