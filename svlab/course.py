@@ -27,6 +27,7 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 BUILD = REPO_ROOT / "build"
 BOOK_SOURCE = REPO_ROOT / "book"
 APP_NOTEBOOK = NOTEBOOKS / "07_workbench.ipynb"
+APP_TEMPLATE_PATH = Path(__file__).parent / "app_template"  # holds voila/templates/svlab
 EXERCISES_HEADING = "## Exercises"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -230,16 +231,48 @@ def build_book(notebooks: Sequence[Path], out: Path) -> Path:
     return html_dir
 
 
-def app_command(notebook: Path = APP_NOTEBOOK, port: int = 8866) -> list[str]:
-    """The Voila command that serves ``notebook`` on loopback with its code cells hidden.
+def app_notebook(source: Path = APP_NOTEBOOK, out: Path = BUILD / "app") -> Path:
+    """The app's copy of ``source``: the lesson without its exercises, written to ``out``.
 
-    >>> app_command(port=9000)[-1]
+    Exercises belong in Jupyter, where a learner writes the code; in the app (code hidden) a
+    checking cell would only print "correct" beside nothing.
+
+    >>> import tempfile
+    >>> path = app_notebook(out=Path(tempfile.mkdtemp()))
+    >>> any(c.source.startswith(EXERCISES_HEADING) for c in nbformat.read(path, 4).cells)
+    False
+    """
+    nb = nbformat.read(source, 4)
+    nb.cells = nb.cells[: exercises_start(nb)]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / Path(source).name
+    temporary = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def app_command(notebook: Path, port: int = 8866) -> list[str]:
+    """The Voila command that serves ``notebook`` on loopback with its code cells hidden, in
+    svlab's template (Voila's lab template without its CDN requests; see `app_environment`).
+
+    >>> app_command(Path("app.ipynb"), port=9000)[-1]
     '--port=9000'
     """
     return [
         sys.executable, "-m", "voila", str(notebook), "--no-browser", "--strip_sources=True",
-        "--Voila.ip=127.0.0.1", f"--port={port}",
+        "--template=svlab", "--Voila.ip=127.0.0.1", f"--port={port}",
     ]
+
+
+def app_environment() -> dict[str, str]:
+    """The environment for `app_command`: ``JUPYTER_PATH`` led by svlab's template folder.
+
+    >>> app_environment()["JUPYTER_PATH"].split(os.pathsep)[0] == str(APP_TEMPLATE_PATH)
+    True
+    """
+    paths = [str(APP_TEMPLATE_PATH), os.environ.get("JUPYTER_PATH", "")]
+    return {**os.environ, "JUPYTER_PATH": os.pathsep.join(p for p in paths if p)}
 
 
 def free_port() -> int:
@@ -255,7 +288,8 @@ def free_port() -> int:
 
 @contextmanager
 def app_server(notebook: Path = APP_NOTEBOOK, port: int | None = None, start_s: float = 90):
-    """Run the Voila app in its own process group; yield its URL; always stop it (and kernels).
+    """Run the Voila app on `app_notebook` of ``notebook`` in its own process group; yield its
+    URL; always stop it (and kernels).
 
     Waits (at most ``start_s`` seconds) until the server answers, not for the notebook to run:
     Voila runs the notebook when the page is requested.
@@ -264,8 +298,8 @@ def app_server(notebook: Path = APP_NOTEBOOK, port: int | None = None, start_s: 
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        app_command(notebook, port), cwd=REPO_ROOT, start_new_session=True,
-        stdout=log, stderr=subprocess.STDOUT,
+        app_command(app_notebook(notebook), port), cwd=REPO_ROOT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env=app_environment(),
     )
     try:
         deadline = time.monotonic() + start_s
@@ -336,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         html_dir = build_book(notebook_paths(), args.out)
         print(f"book: {html_dir / 'index.html'}")
     else:
-        subprocess.run(app_command(port=args.port), check=True)
+        command = app_command(app_notebook(), port=args.port)
+        subprocess.run(command, check=True, env=app_environment())
 
 
 if __name__ == "__main__":

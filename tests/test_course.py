@@ -155,6 +155,9 @@ def test_app_serves_the_workbench_without_code(tmp_path):
             page = response.read().decode()
     (tmp_path / "app.html").write_text(page)
     assert '"output_type": "error"' not in page, "the notebook raised in Voila"
+    assert "cdn.jsdelivr.net" not in page and "fontawesome" not in page.lower()
+    assert not re.findall(r'(?:href|src)="https?://(?!127\.0\.0\.1)', page), "an online link"
+    assert "Exercises" not in page and "correct" not in page, "the app showed the exercises"
     views = re.findall(r'"application/vnd.jupyter.widget-view\+json": \{"model_id": "\w+"', page)
     assert len(views) >= 2, "the workbench and the memory panel should both be on the page"
     assert "LiveQuantizer(model, evalset)" in source
@@ -171,6 +174,8 @@ def test_app_widgets_render_in_chromium(playwright_api, tmp_path):
     try:
         with course.app_server() as url:
             page = context.new_page()
+            requests = []
+            page.on("request", lambda request: requests.append(request.url))
             page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
             for selector in (".svlab-eer", ".svlab-layer-slider", ".svlab-memory-numbers"):
                 page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
@@ -178,5 +183,7 @@ def test_app_widgets_render_in_chromium(playwright_api, tmp_path):
             assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
             assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
             page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
+            online = [r for r in requests if not r.startswith((url, "data:", "blob:"))]
+            assert not online, f"the app made requests beyond the machine: {online[:5]}"
     finally:
         context.close()
