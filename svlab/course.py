@@ -177,6 +177,43 @@ WIDGET_NOTE = (
     '<p class="svlab-widget-note"><em>An interactive control ({name}) is shown here when the '
     "notebook runs in Jupyter or in the app (<code>make app</code>).</em></p>"
 )
+WIDGET_TEXT = "[interactive {name}: live when the notebook runs in Jupyter (make lab) or the app]"
+
+
+def widget_name(text: str) -> str:
+    """The widget class a stored widget output's text names, raw repr or `WIDGET_TEXT`.
+
+    >>> widget_name("VBox(children=(IntSlider(value=3),))")
+    'VBox'
+    >>> widget_name(WIDGET_TEXT.format(name="HBox"))
+    'HBox'
+    """
+    prefix = WIDGET_TEXT.split("{")[0]
+    return text[len(prefix):].split(":")[0] if text.startswith(prefix) else text.split("(")[0]
+
+
+def quiet_widget_outputs(nb: nbformat.NotebookNode) -> int:
+    """Replace each stored widget view's plain text, a raw repr such as
+    ``VBox(children=(IntSlider(...), ...))`` that GitHub and other static viewers show, with a
+    one-line `WIDGET_TEXT`; return how many outputs changed. Jupyter still shows the widget.
+
+    >>> cell = nbformat.v4.new_code_cell("w")
+    >>> cell.outputs = [nbformat.v4.new_output("display_data", {WIDGET_MIME: {"model_id": "a"},
+    ...     "text/plain": "VBox(children=(IntSlider(value=3),))"})]
+    >>> nb = nbformat.v4.new_notebook(cells=[cell])
+    >>> quiet_widget_outputs(nb), nb.cells[0].outputs[0].data["text/plain"][:17]
+    (1, '[interactive VBox')
+    """
+    changed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                text = WIDGET_TEXT.format(name=widget_name(data.get("text/plain", "widget")))
+                if data.get("text/plain") != text:
+                    data["text/plain"] = text
+                    changed += 1
+    return changed
 
 
 def read_book_notebook(text: str) -> nbformat.NotebookNode:
@@ -201,7 +238,7 @@ def read_book_notebook(text: str) -> nbformat.NotebookNode:
                 output["data"] = {"text/html": figure}
                 figures += 1
             elif WIDGET_MIME in data:
-                name = html.escape(data.get("text/plain", "widget").split("(")[0])
+                name = html.escape(widget_name(data.get("text/plain", "widget")))
                 output["data"] = {"text/html": WIDGET_NOTE.format(name=name)}
     return nb
 
