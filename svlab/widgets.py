@@ -236,6 +236,12 @@ class Workbench:
         finally:
             self._syncing = False
 
+    def _start(self, what: str) -> None:
+        """Show the progress bar at 0, labelled with the first step."""
+        self.progress.value = 0
+        self.progress.description = what
+        self.progress.layout.visibility = "visible"
+
     def _step(self, done: int, total: int) -> None:
         """A long action's progress: the bar, visible until the action ends."""
         self.progress.max, self.progress.value = total, done
@@ -289,6 +295,7 @@ class Workbench:
         """The mixed-precision preset: least Hessian sensitivity within the KB budget."""
         budget = self.budget.value
         with self._action(f"mixed precision for {budget:g} KB"):
+            self._start("Hessian trace")  # one step: most of the first press's time
             bit_map = self._report(
                 lambda: self.live.mixed_precision(1024 * budget, progress=self._step)
             )
@@ -300,6 +307,7 @@ class Workbench:
         """The layer-wise sensitivity preset: quantize the layers that tolerate it alone."""
         bits, tolerance = int(self.pick_bits.value), self.tolerance.value / 100
         with self._action(f"sensitivity pick at {bits} bits"):
+            self._start("layer 1")
             deltas = self._report(lambda: self.live.delta_eer(bits, progress=self._step))
             if deltas is not None:
                 bit_map = self.live.sensitivity_pick(bits, tolerance)

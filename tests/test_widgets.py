@@ -290,13 +290,16 @@ def test_long_presets_move_a_progress_bar_step_by_step():
     steps = []
     wb.progress.observe(lambda change: steps.append((change["new"], wb.progress.max)),
                         names="value")
+    labels = []
+    wb.progress.observe(lambda change: labels.append(change["new"]), names="description")
     wb.budget.value = wb.live.size_bytes() / 1024 / 4
     wb.mixed_button.click()
     layers = len(wb.live.layers)
     assert steps == [(done, layers + 1) for done in range(1, layers + 2)]
+    assert labels[0] == "Hessian trace" and labels[-1] == f"{layers + 1}/{layers + 1}"
     steps.clear()
     wb.pick_button.click()
-    assert steps == [(done, layers + 1) for done in range(1, layers + 2)]
+    assert steps == [(0, layers + 1)] + [(done, layers + 1) for done in range(1, layers + 2)]
     assert wb.progress.layout.visibility == "hidden" and "updated in" in wb.status.value
 
 
