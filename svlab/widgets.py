@@ -27,7 +27,6 @@ from svlab.workbench.figures import (
 )
 from svlab.workbench.views import (
     CSS,
-    STATIC_NOTE,
     FigureView,
     numbers_html,
     pick_summary,
@@ -347,8 +346,9 @@ class Workbench:
         return self.panel
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The panel, named in plain text as a short repr, not its children's."""
         bundle = self.panel._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = STATIC_NOTE.format(name="svlab workbench")
+        bundle["text/plain"] = f"Workbench({len(self.live.layers)} layers)"
         return bundle
 
 
@@ -444,6 +444,7 @@ class MemoryPanel:
         return w.HBox([controls, bars], layout=w.Layout(flex_flow="row wrap", width="100%"))
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The panel, named in plain text as a short repr, not its children's."""
         bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = STATIC_NOTE.format(name="svlab memory panel")
+        bundle["text/plain"] = f"MemoryPanel(batch_size={self.batch_size.value})"
         return bundle

@@ -338,7 +338,7 @@ def test_layout_flexes_to_the_window_and_labels_are_whole():
     for control in (wb.quantizer, wb.granularity, wb.layer_picker, wb.budget, wb.pick_bits,
                     wb.tolerance):
         assert control.style.description_width == "initial", control.description
-    assert wb._repr_mimebundle_()["text/plain"].startswith("svlab workbench")
+    assert wb._repr_mimebundle_()["text/plain"] == f"Workbench({len(wb.live.layers)} layers)"
 
 
 def _boxes(widget):

@@ -17,7 +17,6 @@ CSS = (
     "<style>.svlab-busy {opacity: 0.6; cursor: progress;}"
     f" .svlab-figure .jp-RenderedPlotly {{height: {HEIGHT + 10}px;}}</style>"
 )
-STATIC_NOTE = "{name}: interactive, live when the notebook runs in Jupyter with its kernel"
 
 
 def numbers_html(summary: dict[str, float]) -> str:
