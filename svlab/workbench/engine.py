@@ -121,9 +121,9 @@ class LiveQuantizer:
     ``"adaptive"``), which acts on the layers at 1 bit while the others use k-means.
     ``granularity`` is ``"tensor"`` (one codebook or scale per layer) or ``"channel"``.
     ``threads``: intra-op threads while embedding (``None``: torch's setting). One by default:
-    the forward passes are small, and on cores shared with another busy process a second
-    thread that waits for its core made a full re-embedding 7x slower (2.5 s against 0.34 s,
-    ``benchmarks/bench_widgets.py``).
+    the forward passes are small, and on cores shared with other busy processes a second
+    thread that waits for its core made a slider move 3.6x slower (median 1.77 s against 0.49 s
+    on 2 cores at load average 5-6, ``benchmarks/results/widgets.json``).
 
     >>> from svlab.models import ResNet
     >>> _ = torch.manual_seed(0)
