@@ -121,6 +121,34 @@ def test_delta_eer_and_pick_follow_one_layer_at_a_time():
     assert picked == {layer: 1 if deltas[layer] <= 0 else None for layer in live.layers}
 
 
+def test_a_state_seen_lately_is_not_re_embedded_and_later_moves_stay_exact(monkeypatch):
+    model, evalset = tiny_resnet(), tiny_evalset()
+    live = LiveQuantizer(model, evalset)
+    passes = []
+    embed = live.cache.embed
+    monkeypatch.setattr(live.cache, "embed", lambda changed=None: passes.append(changed)
+                        or embed(changed))
+    first, last = live.layers[0], live.layers[-1]
+    live.set_bits(last, 2)
+    live.set_bits(last, None)  # back to fp32: remembered
+    assert live.current is live.fp32 and passes == [[last]]
+    live.set_bits(last, 2)  # remembered too
+    summary = live.summary()
+    assert passes == [[last]]
+    live.set_bits(first, 3)  # the cache last embedded {last: 2}: only the first layer is stale
+    assert passes == [[last], [first]]
+    expected = evalset.score(quantize_model(model, {first: 3, last: 2}))
+    assert live.current.eer == pytest.approx(expected["eer"], abs=1e-9)
+    live.set_all(None)  # seen: no pass, the cache still holds {first: 3, last: 2}
+    assert len(passes) == 2 and live.current is live.fp32
+    live.set_bits(live.layers[2], 4)  # from the cache's state, three layers differ
+    assert passes[-1] == [first, live.layers[2], last]
+    expected = evalset.score(quantize_model(model, {live.layers[2]: 4}))
+    assert live.current.eer == pytest.approx(expected["eer"], abs=1e-9)
+    live.set_bit_map({first: None, live.layers[2]: None, last: 2})
+    assert live.summary() == summary  # intervals remembered with the state
+
+
 def test_mixed_precision_fits_the_budget_and_too_small_a_budget_is_an_error():
     live = LiveQuantizer(tiny_resnet(), tiny_evalset())
     fp32 = live.size_bytes()

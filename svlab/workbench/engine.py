@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from svlab.data.voxceleb import Trial, read_trials
 from svlab.evaluate import EvalSet
 from svlab.metrics import det_curve, eer_difference_interval, eer_interval
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
@@ -27,6 +25,7 @@ from svlab.quant.binarize import Binarizer
 from svlab.quant.hessian import embedding_distortion_loss, hessian_sensitivity, hutchinson_trace
 from svlab.quant.packed import model_size, packed_layer_bytes
 from svlab.workbench.cache import PrefixCache
+from svlab.workbench.trials import workbench_trials as workbench_trials  # where it was
 
 Bits = int | None  # None: the layer stays fp32
 CODEBOOK_METHODS = ("kmeans", "uniform")
@@ -35,46 +34,8 @@ QUANTIZERS = CODEBOOK_METHODS + BINARY_SCHEMES
 GRANULARITIES = ("tensor", "channel")
 
 
-def workbench_trials(
-    root: str | Path, per_speaker: int = 4, trials: str = "test.txt"
-) -> list[Trial]:
-    """A small trial list for live scoring: every pair among a few utterances of each speaker.
-
-    From the utterances of ``root/trials/<trials>``, each test speaker keeps ``per_speaker``
-    of them, taken from as many different sessions as possible (sorted paths, so the choice is
-    deterministic); every pair of the kept utterances is a trial. Few utterances to embed,
-    many trials to score: an EER that moves smoothly and is quick to recompute.
-
-    >>> import tempfile, pathlib
-    >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "trials").mkdir()
-    >>> _ = (root / "trials" / "test.txt").write_text(
-    ...     "1 a/s1/1.wav a/s2/1.wav\\n0 a/s1/1.wav b/s1/1.wav\\n1 b/s1/1.wav b/s1/2.wav\\n")
-    >>> [(t.label, t.enroll, t.test) for t in workbench_trials(root, per_speaker=2)][:3]
-    [(1, 'a/s1/1.wav', 'a/s2/1.wav'), (0, 'a/s1/1.wav', 'b/s1/1.wav'), \
-(0, 'a/s1/1.wav', 'b/s1/2.wav')]
-    """
-    if per_speaker < 1:
-        raise ValueError(f"per_speaker must be at least 1, got {per_speaker}")
-    listed = read_trials(Path(root) / "trials" / trials)
-    by_speaker: dict[str, dict[str, list[str]]] = {}
-    for path in sorted({p for t in listed for p in (t.enroll, t.test)}):
-        speaker, session = path.split("/")[:2]
-        by_speaker.setdefault(speaker, {}).setdefault(session, []).append(path)
-    kept = []
-    for sessions in by_speaker.values():
-        rounds = [paths[i] for i in range(max(map(len, sessions.values())))
-                  for paths in sessions.values() if i < len(paths)]
-        kept += sorted(rounds[:per_speaker])
-    if len(by_speaker) < 2:
-        raise ValueError(f"{trials} names fewer than 2 speakers: no non-target trials")
-    return [
-        Trial(int(a.split("/")[0] == b.split("/")[0]), a, b)
-        for i, a in enumerate(kept)
-        for b in kept[i + 1 :]
-    ]
-
-
 INTERVAL_RESAMPLES = 200  # speaker-bootstrap resamples for the panel: ~0.05 s on 7k trials
+SEEN_STATES = 32  # bit maps whose scores and intervals are kept: going back to one is instant
 Progress = Callable[[int, int], None]  # (steps done, steps in all), called after each step
 
 
@@ -165,8 +126,11 @@ class LiveQuantizer:
         self.cache = PrefixCache(self.model, evalset.batches)
         speakers = np.array([[key.split("/")[0] for key in pair] for pair in evalset.pairs])
         self._trial_speakers = (speakers[:, 0], speakers[:, 1])  # for the EER intervals
+        self._seen: dict[tuple, Scores] = {}  # scores of recent states, by state()
+        self._intervals: dict[tuple, tuple] = {}  # and their panel intervals
         self.fp32 = self._rescore(changed=None)
-        self.current = self.fp32
+        self._embedded = self._weights()  # what the prefix cache's last pass computed with
+        self.current = _remember(self._seen, self.state(), self.fp32)
 
     # ---- quantized weights, cached ----
     def scheme(self, bits: Bits) -> str | None:
@@ -226,7 +190,7 @@ class LiveQuantizer:
         for layer in changed:
             self._load(layer, bit_map[layer])
         if changed:
-            self.current = self._rescore(changed)
+            self._update()
         return self.current
 
     def set_all(self, bits: Bits) -> Scores:
@@ -242,8 +206,34 @@ class LiveQuantizer:
         for layer in quantized:
             self._load(layer, self.bits[layer])
         if quantized:
-            self.current = self._rescore(quantized)
+            self._update()
         return self.current
+
+    def state(self) -> tuple:
+        """What the model computes now: quantizer, granularity and every layer's bits.
+
+        >>> live = LiveQuantizer.__new__(LiveQuantizer); live.layers = ["a", "b"]
+        >>> live.quantizer, live.granularity, live.bits = "kmeans", "tensor", {"a": 2, "b": None}
+        >>> live.state()
+        ('kmeans', 'tensor', 2, None)
+        """
+        return (self.quantizer, self.granularity, *(self.bits[layer] for layer in self.layers))
+
+    def _weights(self) -> dict[str, tuple]:
+        """What each layer's weight is now: (bits, scheme, granularity), fp32 as one."""
+        return {layer: (bits, self.scheme(bits), bits and self.granularity)
+                for layer, bits in self.bits.items()}
+
+    def _update(self) -> None:
+        """The scores of the state now: remembered if seen lately, else re-embedded from the
+        first block whose weights differ from the prefix cache's last pass, and re-scored."""
+        key = self.state()
+        if key not in self._seen:
+            weights = self._weights()
+            changed = [layer for layer in self.layers if weights[layer] != self._embedded[layer]]
+            _remember(self._seen, key, self._rescore(changed))
+            self._embedded = weights
+        self.current = self._seen[key]
 
     def _load(self, layer: str, bits: Bits) -> None:
         weight, _ = self.quantized(layer, bits)
@@ -374,10 +364,15 @@ class LiveQuantizer:
         speakers are the first part of each utterance's path, as in VoxCeleb."""
         fp32_size = self.size_bytes(dict.fromkeys(self.layers))
         size = self.size_bytes()
-        trials = (self.evalset.labels, *self._trial_speakers)
-        options = {"resamples": INTERVAL_RESAMPLES, "seed": 0}
-        _, low, high = eer_interval(self.current.scores, *trials, **options)
-        delta = eer_difference_interval(self.fp32.scores, self.current.scores, *trials, **options)
+        key = self.state()
+        if key not in self._intervals:
+            trials = (self.evalset.labels, *self._trial_speakers)
+            options = {"resamples": INTERVAL_RESAMPLES, "seed": 0}
+            _remember(self._intervals, key, (
+                eer_interval(self.current.scores, *trials, **options),
+                eer_difference_interval(self.fp32.scores, self.current.scores, *trials, **options),
+            ))
+        (_, low, high), delta = self._intervals[key]
         return {
             "eer": self.current.eer,
             "eer_low": low,
@@ -392,6 +387,15 @@ class LiveQuantizer:
             "fp32_size_kb": fp32_size / 1024,
             "ratio": fp32_size / size,
         }
+
+
+def _remember(store: dict, key: tuple, value):
+    """``store[key] = value``, the oldest entries dropped past ``SEEN_STATES``; ``value``."""
+    store.pop(key, None)
+    store[key] = value
+    while len(store) > SEEN_STATES:
+        del store[next(iter(store))]
+    return value
 
 
 def _tell(progress: Progress | None, done: int, total: int) -> None:
