@@ -36,9 +36,10 @@ def corpus(tmp_path_factory):
     return synthesize_corpus(tmp_path_factory.mktemp("synth") / "corpus", workers=1, **TINY)
 
 
-def test_same_seed_gives_identical_bytes_any_workers(corpus, tmp_path):
-    again = synthesize_corpus(tmp_path / "again", workers=2, **TINY)
+def test_same_seed_gives_identical_bytes_any_workers(corpus, tmp_path, capsys):
+    again = synthesize_corpus(tmp_path / "again", workers=2, progress=True, **TINY)
     assert digest(again) == digest(corpus)
+    assert "synthesizing again" in capsys.readouterr().err  # the progress bar names the corpus
 
 
 def test_other_seed_differs(corpus, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -125,10 +126,13 @@ def _synth(args: argparse.Namespace) -> int:
     if stale:
         print(f"{root} was made with other settings or an older generator: making it again")
     seed = profile.seed if args.seed is None else args.seed
+    started = time.perf_counter()
     synthesize_corpus(
-        root, seed=seed, workers=args.workers, overwrite=args.force or stale, **settings
+        root, seed=seed, workers=args.workers, overwrite=args.force or stale, progress=True,
+        **settings,
     )
     print(json.dumps(json.loads((root / "meta.json").read_text())["counts"]))
+    print(f"made {root} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

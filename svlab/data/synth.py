@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from tqdm.auto import tqdm
 
 from svlab.data.pairs import write_large_trials
 
@@ -399,6 +400,7 @@ def synthesize_corpus(
     seed: int = 0,
     workers: int | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write a synthetic corpus in the VoxCeleb layout under ``root`` and return ``root``.
 
@@ -411,7 +413,7 @@ def synthesize_corpus(
     ``meta.json`` records every setting, the seed, the version and each speaker's physiology.
     The same arguments give byte-identical files, whatever ``workers`` (processes; default up to
     2) is. The corpus is made in a temporary directory beside ``root`` and renamed into place at
-    the end; ``overwrite`` replaces an existing corpus.
+    the end; ``overwrite`` replaces an existing corpus; ``progress`` shows a bar of speakers.
 
     >>> import tempfile, pathlib
     >>> root = synthesize_corpus(pathlib.Path(tempfile.mkdtemp()) / "c", n_train_speakers=2,
@@ -454,14 +456,16 @@ def synthesize_corpus(
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         jobs = [(work / "wav", spk, key, physiology[spk], settings) for spk, key in speakers]
+        bar = {"desc": f"synthesizing {root.name}", "unit": "speaker"}
         workers = min(2, os.cpu_count() or 1) if workers is None else workers
         if workers > 1:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             with context.Pool(workers) as pool:
-                per_speaker = pool.map(_make_speaker, jobs, chunksize=1)
+                made = pool.imap(_make_speaker, jobs, chunksize=1)
+                per_speaker = list(tqdm(made, total=len(jobs), disable=not progress, **bar))
         else:
-            per_speaker = [_make_speaker(job) for job in jobs]
+            per_speaker = [_make_speaker(job) for job in tqdm(jobs, disable=not progress, **bar)]
         rows = [row for speaker_rows in per_speaker for row in speaker_rows]
         train = [r for r in rows if r[0].startswith("id0")]
         test = [r[:3] for r in rows if r[0].startswith("id1")]
