@@ -6,6 +6,7 @@ import argparse
 import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -181,15 +182,23 @@ WIDGET_TEXT = "[interactive {name}: live when the notebook runs in Jupyter (make
 
 
 def widget_name(text: str) -> str:
-    """The widget class a stored widget output's text names, raw repr or `WIDGET_TEXT`.
+    """What a stored widget output's text names: the class of a raw repr, the name inside a
+    `WIDGET_TEXT`, "progress bar" for tqdm's text, else "widget".
 
     >>> widget_name("VBox(children=(IntSlider(value=3),))")
     'VBox'
     >>> widget_name(WIDGET_TEXT.format(name="HBox"))
     'HBox'
+    >>> widget_name("tutorial_resnet:  40%|####      | 24/60 [00:03<00:05]")
+    'progress bar'
     """
     prefix = WIDGET_TEXT.split("{")[0]
-    return text[len(prefix):].split(":")[0] if text.startswith(prefix) else text.split("(")[0]
+    if text.startswith(prefix):
+        return text[len(prefix) :].split(": live")[0]
+    match = re.match(r"([A-Za-z_]\w*)\(", text)
+    if match:
+        return match.group(1)
+    return "progress bar" if "%|" in text else "widget"
 
 
 def quiet_widget_outputs(nb: nbformat.NotebookNode) -> int:
