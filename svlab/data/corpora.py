@@ -57,7 +57,7 @@ class Profile:
             name: parameter.default
             for name, parameter in inspect.signature(synthesize_corpus).parameters.items()
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-            and name not in ("workers", "overwrite")
+            and name not in ("workers", "overwrite", "progress")
         }
         settings = {**defaults, **(self.synth or {}), "seed": self.seed}
         return json.loads(json.dumps(settings))
