@@ -30,6 +30,12 @@ BOOK_SOURCE = REPO_ROOT / "book"
 APP_NOTEBOOK = NOTEBOOKS / "07_workbench.ipynb"
 APP_TEMPLATE_PATH = Path(__file__).parent / "app_template"  # holds voila/templates/svlab
 EXERCISES_HEADING = "## Exercises"
+INSTRUCTOR_NOTE = (
+    "This is the instructor's copy: the answer cells hold a solution between `### BEGIN SOLUTION` "
+    "and `### END SOLUTION`. The copy to hand out, with `raise NotImplementedError()` in their "
+    "place, is made by `make assignments` "
+    "(`build/assignments/release/<notebook>/<notebook>.ipynb`)."
+)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -111,8 +117,9 @@ def _nbgrader_api(course_dir: Path, execute_all: bool = False):
 def generate_assignments(notebooks: Sequence[Path], course_dir: Path) -> list[Path]:
     """Make one nbgrader assignment per notebook; return the student versions (no solutions).
 
-    The source notebooks are copied to ``course_dir/source/<name>/``; the student versions are
-    written to ``course_dir/release/<name>/<name>.ipynb`` (solutions replaced by
+    The source notebooks are copied to ``course_dir/source/<name>/`` without the
+    `INSTRUCTOR_NOTE` of their exercise section; the student versions are written to
+    ``course_dir/release/<name>/<name>.ipynb`` (solutions replaced by
     ``raise NotImplementedError()``, hidden tests removed, outputs cleared).
     """
     api = _nbgrader_api(course_dir)
@@ -122,7 +129,11 @@ def generate_assignments(notebooks: Sequence[Path], course_dir: Path) -> list[Pa
         source = course_dir / "source" / name
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
-        shutil.copy(path, source / f"{name}.ipynb")
+        nb = nbformat.read(path, 4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and INSTRUCTOR_NOTE in cell.source:
+                cell.source = cell.source.replace(INSTRUCTOR_NOTE, "").rstrip()
+        nbformat.write(nb, source / f"{name}.ipynb")
         result = api.generate_assignment(name, force=True)
         if not result["success"]:
             raise RuntimeError(f"nbgrader could not generate {path}:\n{result['log']}")

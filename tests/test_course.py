@@ -57,6 +57,9 @@ def test_student_versions_have_no_solutions(assignments):
         source, student = nbformat.read(source_path, 4), nbformat.read(student_path, 4)
         text = "\n".join(c.source for c in student.cells)
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, student_path
+        exercises = source.cells[course.exercises_start(source)].source
+        assert course.INSTRUCTOR_NOTE in exercises, f"{source_path.name}: no instructor note"
+        assert "instructor's copy" not in text, f"{student_path} calls itself the instructor's copy"
         source_cells, student_cells = _cells_by_grade_id(source), _cells_by_grade_id(student)
         assert source_cells.keys() == student_cells.keys(), student_path
         for grade_id, cell in source_cells.items():
