@@ -134,6 +134,8 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_says_where(training_corpus, 
         [sys.executable, "-m", "svlab.cli", *argv, "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
+        # a shell's background job starts with SIGINT ignored; a terminal's program does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         while not (out_dir / "checkpoint.pt").exists() and process.poll() is None:
