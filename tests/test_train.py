@@ -173,11 +173,20 @@ def signalling_step(call: int):
     return step
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, even where pytest was started as a
+    shell's background job (which inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     "where, saved_step", [("forward", 5), ("optimizer-step", 6), ("scoring", 8)]
 )
 def test_ctrl_c_saves_the_last_whole_step_and_resuming_matches_uninterrupted(
-    corpus, tmp_path, monkeypatch, uninterrupted, where, saved_step
+    corpus, tmp_path, monkeypatch, uninterrupted, where, saved_step, terminal_sigint
 ):
     """Ctrl-C in the forward pass of step 6, in its optimizer step, or in the scoring at step 8
     saves checkpoint.pt at the last whole step (an optimizer step is finished first; a scoring

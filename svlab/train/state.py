@@ -111,6 +111,7 @@ def hold_ctrl_c() -> Iterator[None]:
     an interrupted run then never saves half an optimizer step. Only where Python's own handler
     is in place, in the main thread; elsewhere the block runs as it is.
 
+    >>> terminal = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     >>> try:
     ...     with hold_ctrl_c():
     ...         signal.raise_signal(signal.SIGINT)
@@ -119,6 +120,7 @@ def hold_ctrl_c() -> Iterator[None]:
     ...     print("then Ctrl-C stops it")
     the block finishes
     then Ctrl-C stops it
+    >>> _ = signal.signal(signal.SIGINT, terminal)
     """
     if (
         threading.current_thread() is not threading.main_thread()
