@@ -169,7 +169,9 @@ def trajectory_divergence(steps: int) -> list[dict]:
     return rows
 
 
-def training_comparison(profile: str, epochs: int, seeds: list[int]) -> dict:
+def training_comparison(
+    profile: str, epochs: int, seeds: list[int], families: tuple[str, ...] = ("sgd", "adam")
+) -> dict:
     """Train the tutorial model with fp32, svlab 8-bit and bitsandbytes 8-bit SGD and Adam.
 
     Every run uses the tutorial recipe cut to ``epochs`` (same seed, data order and schedule
@@ -191,7 +193,7 @@ def training_comparison(profile: str, epochs: int, seeds: list[int]) -> dict:
     root = get_profile(profile).ensure_corpus()
     large = EvalSet.from_corpus(root, LARGE_TRIALS)
     runs, compared, summary = [], [], []
-    for family in ("sgd", "adam"):
+    for family in families:
         lr = {"lr": base.lr, "final_lr": base.final_lr}
         if family == "sgd":
             lr = {"lr": SGD_LR, "final_lr": base.final_lr * SGD_LR / base.lr}
@@ -234,6 +236,7 @@ def training_comparison(profile: str, epochs: int, seeds: list[int]) -> dict:
         "config": str(TUTORIAL_CONFIG.relative_to(REPO_ROOT)),
         "recipe": recipe,
         "sgd_lr": SGD_LR,
+        "optimizers": list(families),
         "trials": LARGE_TRIALS,
         "seeds": seeds,
         "runs": runs,
@@ -260,6 +263,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds (quick: 1)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (quick: 1)")
+    parser.add_argument(
+        "--optimizers", nargs="+", choices=("sgd", "adam"), default=["sgd", "adam"],
+        help="which optimizer families to train with (default: both)",
+    )
     args = parser.parse_args()
     seed_everything(0)
     torch.set_num_threads(1)
@@ -312,7 +319,9 @@ def main() -> None:
 
     if not args.skip_training:
         seeds = list(range(1 if args.quick else args.seeds))
-        training = training_comparison(args.profile, 1 if args.quick else args.epochs, seeds)
+        training = training_comparison(
+            args.profile, 1 if args.quick else args.epochs, seeds, tuple(args.optimizers)
+        )
         results["training"] = training
         show(
             f"Training the tutorial model ({training['config']}, {training['recipe']['epochs']} "
