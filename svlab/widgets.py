@@ -8,6 +8,7 @@ numbers back from ``wb.numbers.value`` exactly as a learner sees them.
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -388,8 +389,7 @@ class MemoryPanel:
                                          description="optimizer")
         self.reversible = w.Checkbox(value=False, description="reversible blocks")
         self.eight_bit = w.Checkbox(value=False, description="8-bit optimizer states")
-        self.numbers = w.HTML()
-        self.numbers.add_class("svlab-memory-numbers")
+        self.numbers = w.HTML().add_class("svlab-memory-numbers")
         self.view = FigureView(go.Figure(), "svlab-memory")
         self.family.observe(self._on_family, names="value")
         for control in (self.depth, self.batch_size, self.optimizer, self.reversible,
@@ -434,9 +434,9 @@ class MemoryPanel:
         """The bars as drawn now."""
         return self.view.figure
 
-    @property
+    @functools.cached_property
     def widget(self) -> w.Widget:
-        """The panel as one widget: controls beside (or, when narrow, above) the bars."""
+        """The panel as one widget, built once (a container per display is collected, closed)."""
         controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
                            self.reversible, self.eight_bit], layout=w.Layout(flex="0 1 auto"))
         bars = w.VBox([w.HTML(CSS), self.numbers, self.view.output],

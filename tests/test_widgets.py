@@ -373,3 +373,15 @@ def _boxes(widget):
     yield widget
     for child in getattr(widget, "children", ()):
         yield from _boxes(child)
+
+
+def test_memory_panel_displays_one_living_widget():
+    """Each display shows the same container, still open: one made per display was collected
+    and closed, and Voila then had no model to draw the panel with."""
+    import gc
+
+    panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
+    first = panel._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
+    gc.collect()
+    second = panel._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert first == second and panel.widget.comm is not None
