@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from svlab.comparison import trial_speakers
 from svlab.data.audio import load_audio
 from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
@@ -320,9 +321,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             model, args.root, args.cohort, args.cohort_per_speaker, args.max_seconds
         )
     result = evalset.score(model, args.backend, cohort, args.top_n)
-    speakers = [[path.split("/")[0] for path in pair] for pair in evalset.pairs]
     _, low, high = eer_interval(
-        result["scores"], result["labels"], *zip(*speakers, strict=True), resamples=args.resamples
+        result["scores"], result["labels"], *trial_speakers(evalset.pairs),
+        resamples=args.resamples,
     )
     report = {
         "model": str(args.model),

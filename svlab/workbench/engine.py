@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from svlab.comparison import trial_speakers
 from svlab.evaluate import EvalSet
 from svlab.metrics import det_curve, eer_difference_interval, eer_interval
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
@@ -124,8 +125,7 @@ class LiveQuantizer:
         self._traces: dict[int, dict[str, float]] = {}
         self._deltas: dict[tuple, dict[str, float]] = {}
         self.cache = PrefixCache(self.model, evalset.batches)
-        speakers = np.array([[key.split("/")[0] for key in pair] for pair in evalset.pairs])
-        self._trial_speakers = (speakers[:, 0], speakers[:, 1])  # for the EER intervals
+        self._trial_speakers = trial_speakers(evalset.pairs)  # for the EER intervals
         self._seen: dict[tuple, Scores] = {}  # scores of recent states, by state()
         self._intervals: dict[tuple, tuple] = {}  # and their panel intervals
         self.fp32 = self._rescore(changed=None)
