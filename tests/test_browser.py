@@ -81,16 +81,13 @@ def lab(tmp_path_factory):
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
     log = work / "jupyterlab.log"
-    news = work / "settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    news /= "notification.jupyterlab-settings"
-    news.write_text('{"fetchNews": "false"}')  # no "Jupyter news?" popup over the screenshots
     command = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
         f"--LabApp.workspaces_dir={work / 'workspaces'}",
         f"--LabApp.user_settings_dir={work / 'settings'}",
+        f"--LabApp.app_settings_dir={REPO / 'jupyter' / 'settings'}",  # as `make lab`: no news
     ]
     if os.geteuid() == 0:  # CI containers run as root
         command.append("--allow-root")

@@ -35,3 +35,15 @@ def test_real_corpus_profile_names_the_variable(tmp_path, monkeypatch):
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ValueError, match="ci"):
         get_profile("cluster")
+
+
+def test_ci_corpus_is_the_bytes_its_committed_digest_names():
+    """The notebooks' checked outputs rest on the ci corpus being the same bytes everywhere."""
+    from svlab.data.corpora import corpus_digest
+    from svlab.profiles import REPO_ROOT
+
+    stated = (REPO_ROOT / "data" / "corpus-ci.sha256").read_text().split()[0]
+    assert corpus_digest(get_profile("ci").ensure_corpus()) == stated, (
+        "the ci corpus differs from data/corpus-ci.sha256: if the generator changed on purpose, "
+        "write the new digest there (svlab.data.corpora.corpus_digest) and re-execute the notebooks"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -69,6 +70,27 @@ class Profile:
             return False
         meta = json.loads(meta_path.read_text())
         return meta.get("version") == VERSION and meta.get("settings") == self.corpus_settings()
+
+
+def corpus_digest(root: str | os.PathLike) -> str:
+    """SHA-256 of a corpus: every file's path under ``root`` and its bytes, in sorted order.
+
+    The offline corpus is the same bytes on every machine (numpy's random streams and float32
+    arithmetic, whatever its SIMD kernels); ``data/corpus-<profile>.sha256`` holds the digest
+    `make test` compares, so a change to the generator cannot pass unseen.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "a.txt").write_text("1")
+    >>> corpus_digest(root)[:16]
+    '4895672bc1a8b904'
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _data_root(default: str) -> Path:
