@@ -72,10 +72,10 @@ from svlab.memory import (
     project,
     unique_bytes,
 )
+from svlab.memory.step import allocator_peak, optimizer_tensors
 from svlab.models import build
 from svlab.optim import make_optimizer
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
-from svlab.step_memory import allocator_peak, optimizer_tensors
 
 RESULTS = Path(__file__).parent / "results" / "gpu.json"
 TUTORIAL_CONFIG = REPO_ROOT / "configs" / "tutorial_resnet.toml"

@@ -15,20 +15,20 @@ import pandas as pd
 import torch
 
 import svlab.models
+from svlab.losses import CosineClassifier
 from svlab.memory import (
     CUDA_CONTEXT_BYTES,
     GPU_2080TI_BYTES,
-    CosineClassifier,
     breakdown,
     fits,
     project,
     project_step,
 )
+from svlab.memory.saved_tensors import SavedTensorRecorder
+from svlab.memory.step import allocator_peak, trace_step
 from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
 from svlab.profiles import seed_everything
-from svlab.saved_tensors import SavedTensorRecorder
-from svlab.step_memory import allocator_peak, trace_step
 
 RESULTS = Path(__file__).parent / "results" / "memory.json"
 TWINS = [  # (vanilla, reversible, depth in the name)
@@ -225,7 +225,7 @@ def main() -> None:
             "cuda_context_allowance_GiB": CUDA_CONTEXT_BYTES / GiB,
             "note": "peak = the most bytes alive at once in one training step after a warm-up "
             "step (forward, backward, optimizer step), traced storage by storage "
-            "(svlab.step_memory); projected = the same trace on the meta device; allocator = "
+            "(svlab.memory.step); projected = the same trace on the meta device; allocator = "
             "the CPU allocator's own events (torch profiler), full-size models at a small batch",
         },
         "quick": args.quick,

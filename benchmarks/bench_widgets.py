@@ -6,9 +6,9 @@ Two settings side by side in one run, on the same model, trials and machine:
   before: all cores);
 - ``1 thread``: :class:`svlab.workbench.engine.LiveQuantizer`'s default now.
 
-For each: ``--moves`` slider moves through :class:`svlab.widgets.Workbench` (the whole action a
-learner waits for: re-quantize, re-embed from the changed block on, re-score, intervals,
-numbers, both figures sent), over layers and bit-widths drawn with a fixed seed; the cold
+For each: ``--moves`` slider moves through :class:`svlab.workbench.widgets.Workbench` (the
+whole action a learner waits for: re-quantize, re-embed from the changed block on, re-score,
+intervals, numbers, both figures sent), over layers and bit-widths drawn with a fixed seed; the cold
 re-score of each layer at 4 bits (its k-means codebook fitted in the move) through
 :class:`LiveQuantizer`; and a full re-embedding and re-scoring (``EvalSet.score``). The model is
 the ci tutorial ResNet (``checkpoints/tutorial_resnet.pt``), the trials ``workbench_trials``
@@ -33,8 +33,8 @@ from svlab.checkpoint import load_model
 from svlab.evaluate import EvalSet
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 from svlab.storage import atomic_write
-from svlab.widgets import BITS_OPTIONS, Workbench
 from svlab.workbench.engine import LiveQuantizer, torch_threads, workbench_trials
+from svlab.workbench.widgets import BITS_OPTIONS, Workbench
 
 RESULTS = Path(__file__).parent / "results" / "widgets.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"

@@ -12,7 +12,7 @@ COMMAND_MODULES = [
     "svlab.data",
     "svlab.tour",
     "svlab.train",
-    "svlab.memory",
+    "svlab.memory.projection",
     "svlab.evaluate",
     "svlab.export",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from svlab.memory_figures import category_lines
+from svlab.memory.figures import category_lines
 from svlab.quant.sensitivity import sensitivity_heatmap, sensitivity_scatter
 
 

@@ -6,18 +6,18 @@ import torch
 from torch import nn
 
 import svlab.models
+from svlab.losses import CosineClassifier
 from svlab.memory import (
-    CosineClassifier,
     breakdown,
     fits,
     project,
     projected_state_bytes,
     unique_bytes,
 )
-from svlab.memory_figures import long_table, stacked_bar
+from svlab.memory.figures import long_table, stacked_bar
+from svlab.memory.saved_tensors import SavedTensorRecorder, saved_by_module
+from svlab.memory.step import CATEGORIES
 from svlab.optim import make_optimizer, state_bytes
-from svlab.saved_tensors import SavedTensorRecorder, saved_by_module
-from svlab.step_memory import CATEGORIES
 
 torch.set_num_threads(1)
 SMALL = {"base_width": 4, "embed_dim": 16}

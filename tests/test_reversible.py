@@ -10,6 +10,7 @@ from torch import nn
 
 import svlab.checkpoint
 import svlab.models
+from svlab.memory.saved_tensors import SavedTensorRecorder
 from svlab.models.reversible import (
     Coupling,
     ReversibleSequence,
@@ -18,7 +19,6 @@ from svlab.models.reversible import (
     depth_first_coupling,
     set_memory_saving,
 )
-from svlab.saved_tensors import SavedTensorRecorder
 
 torch.set_num_threads(1)
 

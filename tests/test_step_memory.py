@@ -5,14 +5,12 @@ import torch
 from torch import nn
 
 import svlab.models
-from svlab.memory import (
-    CosineClassifier,
-    project,
-)
+from svlab.losses import CosineClassifier
+from svlab.memory import project
+from svlab.memory.saved_tensors import SavedTensorRecorder, saved_by_module
+from svlab.memory.step import CATEGORIES, StepTracker, allocator_peak, trace_step
 from svlab.models.reversible import set_memory_saving
 from svlab.optim import make_optimizer
-from svlab.saved_tensors import SavedTensorRecorder, saved_by_module
-from svlab.step_memory import CATEGORIES, StepTracker, allocator_peak, trace_step
 
 TOLERANCE = 0.10  # the tracker does not see what a kernel allocates and frees inside itself
 

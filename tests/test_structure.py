@@ -12,6 +12,7 @@ An explicit ``from a.b import name`` of a module inside ``a.b`` does count as an
 
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,28 @@ def test_no_file_over_450_lines_without_a_reason(path):
         f"{path.relative_to(SVLAB.parent)} has {lines} lines; split it, or say why not in its "
         f"first docstring (mentioning '{REASON}')"
     )
+
+
+MOVED = {  # old path -> new path, kept for one release
+    "svlab.step_memory": "svlab.memory.step",
+    "svlab.saved_tensors": "svlab.memory.saved_tensors",
+    "svlab.memory_figures": "svlab.memory.figures",
+    "svlab.widgets": "svlab.workbench.widgets",
+}
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
+def test_a_moved_module_still_imports_from_its_old_path_with_a_warning(old, new):
+    moved = importlib.import_module(new)
+    public = [n for n in vars(moved) if not n.startswith("_") and callable(getattr(moved, n))]
+    sys.modules.pop(old, None)
+    try:
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+            shim = importlib.import_module(old)
+        assert public and all(getattr(shim, n) is getattr(moved, n) for n in public)
+        with pytest.raises(AttributeError):
+            shim.no_such_name  # noqa: B018
+    finally:
+        sys.modules.pop(old, None)
+    users = sorted(m for m, edges in import_graph(SVLAB).items() if old in edges)
+    assert not users, f"{', '.join(users)} still import {old}: import {new}"

@@ -15,11 +15,11 @@ from svlab.models import ECAPATDNN, ResNet
 from svlab.quant import quantize_model
 from svlab.quant.binarize import binarize, binary_size
 from svlab.quant.packed import model_size
-from svlab.widgets import MemoryPanel, Workbench, bits_option
 from svlab.workbench.cache import PrefixCache
 from svlab.workbench.engine import LiveQuantizer, workbench_trials
 from svlab.workbench.figures import probit
 from svlab.workbench.views import PLOTLY_MIME
+from svlab.workbench.widgets import MemoryPanel, Workbench, bits_option
 
 torch.set_num_threads(1)
 
@@ -300,7 +300,7 @@ def test_every_action_is_busy_while_it_computes_and_clears_even_when_it_fails(mo
 def test_the_time_shown_runs_from_the_event_to_the_last_figure_sent(monkeypatch):
     wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
     clock = [100.0]
-    monkeypatch.setattr("svlab.widgets.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("svlab.workbench.widgets.perf_counter", lambda: clock[0])
     for view in (wb.histogram_view, wb.det_view):
         show = view.show
 

@@ -6,8 +6,8 @@ import torch
 from svlab.evaluate import EvalSet
 from svlab.metrics import eer_difference_interval, eer_interval
 from svlab.models import ResNet
-from svlab.widgets import Workbench
 from svlab.workbench.engine import INTERVAL_RESAMPLES, LiveQuantizer
+from svlab.workbench.widgets import Workbench
 
 
 def speaker_evalset(n_speakers: int = 6, per_speaker: int = 3) -> EvalSet:

@@ -131,7 +131,7 @@ def memory_figure(tables: Mapping, capacity_bytes: int) -> go.Figure:
     >>> [tr.name for tr in fig.data], fig.layout.shapes[0].y0
     (['parameters', 'activations'], 11.0)
     """
-    from svlab.memory_figures import stacked_bar
+    from svlab.memory.figures import stacked_bar
 
     fig = stacked_bar(tables, title="Peak of one training step (projected)",
                       capacity_bytes=capacity_bytes)

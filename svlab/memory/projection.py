@@ -1,4 +1,4 @@
-"""Where training memory goes: the peak of a whole training step and what it holds."""
+"""Projected and measured peaks of a whole training step, what they hold, and `svlab memory`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from svlab.losses import CosineClassifier
-from svlab.step_memory import StepMemory, storage_key, trace_step
+from svlab.memory.step import StepMemory, storage_key, trace_step
 
 GPU_2080TI_BYTES = 11 * 1024**3
 # What a step needs on a GPU beyond its tensors: the CUDA context with cuDNN and cuBLAS
@@ -111,7 +111,7 @@ def breakdown(
 
     ``batch`` is the input features or ``(features, labels)``; ``loss_fn(embeddings, labels)``
     defaults to the mean square of the embeddings. The step (zeroed gradients, forward,
-    loss, backward, ``optimizer.step()``) is traced by :func:`svlab.step_memory.trace_step`;
+    loss, backward, ``optimizer.step()``) is traced by :func:`svlab.memory.step.trace_step`;
     the rows are the categories of the storages alive at the step's peak, so
     ``table["bytes"].sum()`` is the peak (``table.attrs["peak_bytes"]``). Run a warm-up step
     first so that the optimizer states exist, as they do from the second step on. On CUDA
@@ -232,7 +232,7 @@ def project_step(
     ``sgd8bit``, ``adam8bit``, ``adamw8bit``) and a ``batch_size x frames x feat_dim``
     batch are built on the meta device, which has shapes but no data. A warm-up step
     creates the optimizer states (one optimizer step on zero gradients); the next step is
-    traced by :func:`svlab.step_memory.trace_step`, forward, backward (reversible
+    traced by :func:`svlab.memory.step.trace_step`, forward, backward (reversible
     recomputation included) and optimizer step. The CUDA context and what kernels allocate inside
     themselves (workspaces) are not included: see :data:`CUDA_CONTEXT_BYTES`. Results are
     cached, so moving a slider back is instant.
@@ -295,7 +295,7 @@ def fits(
     """Whether a step's peak (the table's total) plus ``context_bytes`` for the CUDA context
     and the allocator fits in ``capacity_bytes`` (default: an 11 GiB 2080Ti).
 
-    >>> from svlab.step_memory import category_table
+    >>> from svlab.memory.step import category_table
     >>> fits(category_table({"parameters": 10, "activations": 5}), 20, context_bytes=6)
     False
     """

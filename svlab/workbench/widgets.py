@@ -1,0 +1,450 @@
+"""The ipywidgets workbench: turn a layer's bits, see its weights, size, EER and DET move at once.
+
+:class:`Workbench` wires sliders and buttons to a :class:`svlab.workbench.engine.LiveQuantizer`;
+:class:`MemoryPanel` wires training settings to :func:`svlab.memory.project`. Every control is an
+attribute, so a test sets ``wb.layer_sliders["embedding.weight"].value = "2"`` and reads the
+numbers back from ``wb.numbers.value`` exactly as a learner sees them.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from svlab.memory import CUDA_CONTEXT_BYTES, GPU_2080TI_BYTES, fits, project
+from svlab.workbench.engine import BINARY_SCHEMES, QUANTIZERS, Bits, LiveQuantizer
+from svlab.workbench.figures import (
+    det_figure,
+    histogram_figure,
+    memory_figure,
+    set_det,
+    set_histogram,
+)
+from svlab.workbench.views import (
+    CSS,
+    FigureView,
+    numbers_html,
+    pick_summary,
+    short_name,
+)
+
+BITS_OPTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "fp32")
+QUANTIZER_LABELS = {
+    "kmeans": "k-means",
+    "uniform": "uniform",
+    "sign": "binary: sign",
+    "static": "binary: static scale",
+    "adaptive": "binary: adaptive",
+}
+GUIDE = (
+    "Move a layer's slider: that layer is re-quantized, the evaluation utterances re-embedded "
+    "from that layer on, the trials re-scored. Binary quantizers act on layers at 1 bit (the "
+    "others use k-means); the adaptive one starts equal to the static one, its scale and "
+    "threshold are learned only by fine-tuning (notebook 06)."
+)
+
+
+def bits_value(option: str) -> Bits:
+    """A slider's option as bits: ``"4"`` is 4, ``"fp32"`` is ``None``.
+
+    >>> bits_value("4"), bits_value("fp32")
+    (4, None)
+    """
+    return None if option == "fp32" else int(option)
+
+
+def bits_option(bits: Bits) -> str:
+    """Bits as a slider option: 4 is ``"4"``, ``None`` is ``"fp32"``.
+
+    >>> bits_option(None), bits_option(2)
+    ('fp32', '2')
+    """
+    return "fp32" if bits is None else str(bits)
+
+
+class Workbench:
+    """Per-layer bits sliders, a global one, quantizer and presets, and the live panels.
+
+    ``budget_kb`` starts the mixed-precision budget (default: an eighth of the fp32 size).
+    While an action computes, the panel carries the CSS class ``svlab-busy`` (dimmed), every
+    control is disabled and :attr:`status` says what is computing; the long presets move
+    :attr:`progress`. Afterwards :attr:`status` gives the seconds from the event to the last
+    figure sent.
+
+    >>> import numpy as np, torch
+    >>> from svlab.evaluate import EvalSet
+    >>> from svlab.models import ResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = ResNet([1, 1], 2, feat_dim=8, embed_dim=4, strides=(1, 2))
+    >>> keys = ["s1/a.wav", "s1/b.wav", "s2/c.wav"]  # speaker/utterance, as in VoxCeleb
+    >>> evalset = EvalSet(keys, [torch.randn(3, 6, 8)], torch.zeros(3, 8),
+    ...                   [(keys[0], keys[1]), (keys[0], keys[2]), (keys[1], keys[2])],
+    ...                   np.array([1, 0, 0]))
+    >>> wb = Workbench(LiveQuantizer(net, evalset))
+    >>> wb.layer_sliders["embedding.weight"].value = "2"
+    >>> wb.live.bits["embedding.weight"], wb.layer_picker.value, wb.global_slider.disabled
+    (2, 'embedding.weight', False)
+    """
+
+    def __init__(self, live: LiveQuantizer, budget_kb: float | None = None) -> None:
+        self.live = live
+        self._depth = 0  # actions under way (one inside another: the outer one reports)
+        self._syncing = False  # controls being set to match the state: not user events
+        wide = {"description_width": "initial"}
+        slider_style = {"description_width": "150px"}
+        slider_layout = w.Layout(width="100%", max_width="400px")
+        self.global_slider = w.SelectionSlider(
+            options=BITS_OPTIONS, value="fp32", description="all layers",
+            continuous_update=False, layout=slider_layout, style=slider_style,
+        )
+        self.layer_sliders = {
+            layer: w.SelectionSlider(
+                options=BITS_OPTIONS, value="fp32", description=short_name(layer),
+                continuous_update=False, layout=slider_layout, style=slider_style,
+            )
+            for layer in live.layers
+        }
+        for slider in self.layer_sliders.values():
+            slider.add_class("svlab-layer-slider")
+        self.quantizer = w.Dropdown(
+            options=[(QUANTIZER_LABELS[q], q) for q in QUANTIZERS], value=live.quantizer,
+            description="quantizer", style=wide,
+        )
+        self.granularity = w.ToggleButtons(
+            options=["tensor", "channel"], value=live.granularity, description="codebooks",
+            tooltips=["one codebook per layer", "one codebook per output channel"], style=wide,
+        )
+        self.layer_picker = w.Dropdown(options=live.layers, description="histogram of",
+                                       style=wide)
+        self.preset_buttons = {
+            bits: w.Button(description=f"uniform {bits} bit") for bits in (8, 4, 2)
+        }
+        fp32_kb = live.size_bytes(dict.fromkeys(live.layers)) / 1024
+        self.budget = w.FloatText(
+            value=round(budget_kb or fp32_kb / 8, 1), description="budget (KB)", style=wide,
+            layout=w.Layout(width="180px"),
+        )
+        self.mixed_button = w.Button(description="mixed precision", button_style="info")
+        self.pick_bits = w.Dropdown(options=BITS_OPTIONS[:-1], value="2", description="pick at",
+                                    style=wide, layout=w.Layout(width="110px"))
+        self.tolerance = w.FloatText(value=0.5, description="max EER rise (% points)",
+                                     style=wide, layout=w.Layout(width="230px"))
+        self.pick_button = w.Button(description="sensitivity pick", button_style="info")
+        self.message = w.HTML()
+        self.message.add_class("svlab-message")
+        self.status = w.HTML()
+        self.status.add_class("svlab-status")
+        self.progress = w.IntProgress(min=0, max=1, layout=w.Layout(visibility="hidden"))
+        self.progress.add_class("svlab-progress")
+        self.numbers = w.HTML()
+        self.numbers.add_class("svlab-numbers")
+        self.histogram_view = FigureView(histogram_figure(), "svlab-histogram")
+        self.det_view = FigureView(det_figure(), "svlab-det")
+        self.histogram, self.det = self.histogram_view.figure, self.det_view.figure
+        set_det(self.det, 0, live.fp32.far, live.fp32.frr)
+        self.panel = self._layout()
+        self._connect()
+        self.refresh()
+
+    def _layout(self) -> w.VBox:
+        wrap = w.Layout(flex_flow="row wrap", align_items="center")
+        presets = w.VBox([
+            w.HBox([self.quantizer, self.granularity], layout=wrap),
+            w.HBox(list(self.preset_buttons.values()), layout=wrap),
+            w.HBox([self.budget, self.mixed_button], layout=wrap),
+            w.HBox([self.pick_bits, self.tolerance, self.pick_button], layout=wrap),
+            w.HBox([self.status, self.progress], layout=wrap),
+            self.message,
+        ])
+        sliders = w.VBox(
+            [self.global_slider, *self.layer_sliders.values()],
+            layout=w.Layout(max_height="420px", overflow="auto", flex="0 1 410px",
+                            min_width="300px"),
+        )
+        panels = w.VBox(
+            [w.HBox([self.numbers, self.layer_picker], layout=wrap),
+             w.HBox([self.histogram_view.output, self.det_view.output], layout=wrap)],
+            layout=w.Layout(flex="1 1 480px", min_width="0"),
+        )
+        panel = w.VBox(
+            [w.HTML(CSS + f"<p>{GUIDE}</p>"), presets,
+             w.HBox([sliders, panels], layout=w.Layout(flex_flow="row wrap", width="100%"))],
+            layout=w.Layout(width="100%"),
+        )
+        panel.add_class("svlab-workbench")
+        return panel
+
+    @property
+    def controls(self) -> list[w.Widget]:
+        """Every control a learner can use (all disabled while an action computes)."""
+        return [self.global_slider, *self.layer_sliders.values(), self.quantizer,
+                self.granularity, self.layer_picker, *self.preset_buttons.values(),
+                self.budget, self.mixed_button, self.pick_bits, self.tolerance, self.pick_button]
+
+    # ---- wiring ----
+    def _connect(self) -> None:
+        self.global_slider.observe(self._on_global, names="value")
+        for layer, slider in self.layer_sliders.items():
+            slider.observe(lambda change, layer=layer: self._on_layer(layer, change), names="value")
+        self.quantizer.observe(self._on_quantizer, names="value")
+        self.granularity.observe(self._on_quantizer, names="value")
+        self.layer_picker.observe(self._on_pick_layer, names="value")
+        for bits, button in self.preset_buttons.items():
+            button.on_click(lambda _, bits=bits: self.apply(dict.fromkeys(self.live.layers, bits),
+                                                            f"uniform {bits} bit"))
+        self.mixed_button.on_click(lambda _: self.apply_mixed())
+        self.pick_button.on_click(lambda _: self.apply_pick())
+
+    @contextmanager
+    def _action(self, what: str) -> Iterator[None]:
+        """Busy while the block runs (cleared even if it raises), then the time it took."""
+        self._depth += 1
+        if self._depth > 1:
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        start = perf_counter()
+        for control in self.controls:
+            control.disabled = True
+        self.panel.add_class("svlab-busy")
+        self.status.value = f"<i>computing {html.escape(what)}...</i>"
+        try:
+            yield
+        finally:
+            self._depth = 0
+            self.progress.layout.visibility = "hidden"
+            for control in self.controls:
+                control.disabled = False
+            self.panel.remove_class("svlab-busy")
+            self.status.value = (f"<i>{html.escape(what)}: updated in "
+                                 f"{perf_counter() - start:.2f} s</i>")
+
+    @contextmanager
+    def _sync(self) -> Iterator[None]:
+        """Set controls to match the state without acting on the change."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def _start(self, what: str) -> None:
+        """Show the progress bar at 0, labelled with the first step."""
+        self.progress.value = 0
+        self.progress.description = what
+        self.progress.layout.visibility = "visible"
+
+    def _step(self, done: int, total: int) -> None:
+        """A long action's progress: the bar, visible until the action ends."""
+        self.progress.max, self.progress.value = total, done
+        self.progress.description = f"{done}/{total}"
+        self.progress.layout.visibility = "visible"
+
+    def _on_layer(self, layer: str, change: dict) -> None:
+        if self._syncing:
+            return
+        with self._action(f"{short_name(layer)} at {change['new']}"):
+            with self._sync():
+                self.layer_picker.value = layer
+            self._report(lambda: self.live.set_bits(layer, bits_value(change["new"])))
+            self.refresh()
+
+    def _on_global(self, change: dict) -> None:
+        if not self._syncing:
+            self.apply(dict.fromkeys(self.live.layers, bits_value(change["new"])),
+                       f"all layers at {change['new']}")
+
+    def _on_pick_layer(self, change: dict) -> None:
+        if not self._syncing:
+            with self._action(f"histogram of {short_name(change['new'])}"):
+                self._draw_histogram()
+
+    def _on_quantizer(self, change: dict) -> None:
+        if self._syncing:
+            return
+        with self._action(f"{QUANTIZER_LABELS[self.quantizer.value]}, "
+                          f"{self.granularity.value} codebooks"):
+            self._report(lambda: self.live.set_quantizer(self.quantizer.value,
+                                                         self.granularity.value))
+            if self.quantizer.value in BINARY_SCHEMES:
+                self.apply(dict.fromkeys(self.live.layers, 1))
+            self.refresh()
+
+    # ---- actions ----
+    def apply(self, bit_map: dict[str, Bits], what: str = "bits") -> None:
+        """Set many layers at once (one re-scoring) and move their sliders to match."""
+        with self._action(what):
+            self._report(lambda: self.live.set_bit_map(bit_map))
+            with self._sync():
+                for layer, slider in self.layer_sliders.items():
+                    slider.value = bits_option(self.live.bits[layer])
+                widths = set(self.live.bits.values())
+                if len(widths) == 1:
+                    self.global_slider.value = bits_option(widths.pop())
+            self.refresh()
+
+    def apply_mixed(self) -> None:
+        """The mixed-precision preset: least Hessian sensitivity within the KB budget."""
+        budget = self.budget.value
+        with self._action(f"mixed precision for {budget:g} KB"):
+            self._start("Hessian trace")  # one step: most of the first press's time
+            bit_map = self._report(
+                lambda: self.live.mixed_precision(1024 * budget, progress=self._step)
+            )
+            if bit_map is not None:
+                self.apply(bit_map)
+                self.message.value = f"mixed precision for {budget:g} KB applied"
+
+    def apply_pick(self) -> None:
+        """The layer-wise sensitivity preset: quantize the layers that tolerate it alone."""
+        bits, tolerance = int(self.pick_bits.value), self.tolerance.value / 100
+        with self._action(f"sensitivity pick at {bits} bits"):
+            self._start("layer 1")
+            deltas = self._report(lambda: self.live.delta_eer(bits, progress=self._step))
+            if deltas is not None:
+                bit_map = self.live.sensitivity_pick(bits, tolerance)
+                self.apply(bit_map)
+                self.message.value = html.escape(pick_summary(deltas, bit_map, tolerance))
+
+    def _report(self, action):
+        """Run ``action``; a ValueError (a budget too small...) is shown, not raised."""
+        try:
+            result = action()
+        except ValueError as err:
+            self.message.value = f"<span style='color:crimson'>{html.escape(str(err))}</span>"
+            return None
+        self.message.value = ""
+        return result
+
+    # ---- panels ----
+    def refresh(self) -> None:
+        """Redraw the numbers, the histogram of the picked layer and the DET curve."""
+        self.numbers.value = numbers_html(self.live.summary())
+        set_det(self.det, 1, self.live.current.far, self.live.current.frr)
+        self.det_view.show()
+        self._draw_histogram()
+
+    def _draw_histogram(self) -> None:
+        layer = self.layer_picker.value
+        bits = self.live.bits[layer]
+        _, levels = self.live.quantized(layer, bits)
+        scheme = self.live.scheme(bits)
+        label = "fp32" if bits is None else f"{bits} bit {QUANTIZER_LABELS[scheme]}"
+        set_histogram(self.histogram, layer, self.live.original[layer], levels, label)
+        self.histogram_view.show()
+
+    @property
+    def widget(self) -> w.Widget:
+        """The whole workbench as one widget, to display in a notebook."""
+        return self.panel
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The panel, named in plain text as a short repr, not its children's."""
+        bundle = self.panel._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = f"Workbench({len(self.live.layers)} layers)"
+        return bundle
+
+
+MEMORY_FAMILIES = {
+    "ResNet": {"18": "resnet18", "34": "resnet34"},
+    "DF-ResNet": {"56": "dfresnet56", "110": "dfresnet110", "233": "dfresnet233"},
+}
+
+
+class MemoryPanel:
+    """Batch size, depth, reversible on/off, 8-bit optimizer states on/off: projected bars.
+
+    Each change traces one training step of the chosen model on the meta device
+    (:func:`svlab.memory.project`: forward, backward and optimizer step, nothing is
+    allocated) and draws what it holds at its peak beside the standard setting (same model
+    and batch, not reversible, 32-bit states), with a line at 11 GiB. The verdict adds
+    :data:`svlab.memory.CUDA_CONTEXT_BYTES` for the CUDA context and allocator.
+
+    >>> panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
+    >>> panel.eight_bit.value = True
+    >>> list(panel.figure.data[0].x)
+    ['resnet34, Adam', 'resnet34, Adam 8-bit']
+    """
+
+    def __init__(
+        self, batch_size: int = 128, frames: int = 200, num_classes: int = 5994
+    ) -> None:
+        self.frames, self.num_classes = frames, num_classes
+        self.family = w.ToggleButtons(options=list(MEMORY_FAMILIES), description="model")
+        self.depth = w.ToggleButtons(options=list(MEMORY_FAMILIES["ResNet"]), value="34",
+                                     description="depth")
+        self.batch_size = w.SelectionSlider(
+            options=[2**i for i in range(3, 10)], value=batch_size, description="batch size",
+            continuous_update=False,
+        )
+        self.optimizer = w.ToggleButtons(options=["SGD", "Adam"], value="Adam",
+                                         description="optimizer")
+        self.reversible = w.Checkbox(value=False, description="reversible blocks")
+        self.eight_bit = w.Checkbox(value=False, description="8-bit optimizer states")
+        self.numbers = w.HTML().add_class("svlab-memory-numbers")
+        self.view = FigureView(go.Figure(), "svlab-memory")
+        self.family.observe(self._on_family, names="value")
+        for control in (self.depth, self.batch_size, self.optimizer, self.reversible,
+                        self.eight_bit):
+            control.observe(lambda change: self.refresh(), names="value")
+        self.refresh()
+
+    def _on_family(self, change: dict) -> None:
+        depths = list(MEMORY_FAMILIES[change["new"]])
+        self.depth.options = depths
+        self.depth.value = depths[-1] if change["new"] == "ResNet" else depths[0]
+
+    def setting(self, reversible: bool, eight_bit: bool) -> tuple[str, str]:
+        """(model name, optimizer name) for :func:`svlab.memory.project`."""
+        name = MEMORY_FAMILIES[self.family.value][self.depth.value]
+        optimizer = self.optimizer.value.lower() + ("8bit" if eight_bit else "")
+        return ("rev_" if reversible else "") + name, optimizer
+
+    def refresh(self) -> None:
+        """Project the standard and the chosen setting and redraw the bars."""
+        self.numbers.value = "<i>tracing one training step on the meta device...</i>"
+        tables = {}
+        for reversible, eight_bit in ((False, False), (self.reversible.value,
+                                                       self.eight_bit.value)):
+            name, optimizer = self.setting(reversible, eight_bit)
+            label = f"{name}, {self.optimizer.value}{' 8-bit' if eight_bit else ''}"
+            tables[label] = project(
+                name, batch_size=self.batch_size.value, frames=self.frames,
+                optimizer=optimizer, num_classes=self.num_classes,
+            )
+        self.view.figure = memory_figure(tables, GPU_2080TI_BYTES)
+        self.view.show()
+        self.numbers.value = " | ".join(
+            f"{label}: peak <b>{table['bytes'].sum() / 2**30:.2f} GiB</b> "
+            f"({'fits' if fits(table) else 'does not fit'} on 11 GiB with "
+            f"{CUDA_CONTEXT_BYTES / 2**30:.2f} GiB for the CUDA context)"
+            for label, table in tables.items()
+        )
+
+    @property
+    def figure(self) -> go.Figure:
+        """The bars as drawn now."""
+        return self.view.figure
+
+    @functools.cached_property
+    def widget(self) -> w.Widget:
+        """The panel as one widget, built once (a container per display is collected, closed)."""
+        controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
+                           self.reversible, self.eight_bit], layout=w.Layout(flex="0 1 auto"))
+        bars = w.VBox([w.HTML(CSS), self.numbers, self.view.output],
+                      layout=w.Layout(flex="1 1 480px", min_width="300px"))
+        return w.HBox([controls, bars], layout=w.Layout(flex_flow="row wrap", width="100%"))
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The panel, named in plain text as a short repr, not its children's."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = f"MemoryPanel(batch_size={self.batch_size.value})"
+        return bundle
