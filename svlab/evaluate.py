@@ -281,7 +281,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", *FRONT_ENDS],
         help="features to embed from (auto: the model's own)",
     )
-    parser.add_argument("--backend", default="cosine", choices=BACKENDS)
+    parser.add_argument("--backend", default="cosine", choices=BACKENDS,
+                        help="scoring: cosine, cohort-mean cosine or AS-norm")
     parser.add_argument(
         "--cohort",
         help="train list of cohort utterances under ROOT/wav "

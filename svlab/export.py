@@ -464,8 +464,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--bits", type=int, choices=range(1, 9), metavar="{1..8}",
         help="quantize a checkpoint's fp32 model to this many bits first",
     )  # fmt: skip
-    parser.add_argument("--method", default="kmeans", choices=["kmeans", "uniform"])
-    parser.add_argument("--granularity", default="tensor", choices=["tensor", "channel"])
+    parser.add_argument("--method", default="kmeans", choices=["kmeans", "uniform"],
+                        help="levels for --bits: k-means centroids or a uniform grid")
+    parser.add_argument("--granularity", default="tensor", choices=["tensor", "channel"],
+                        help="one set of levels per tensor or per output channel, for --bits")
     parser.add_argument(
         "--check", action="store_true", help="compare onnxruntime's embeddings with svlab's"
     )

@@ -52,6 +52,17 @@ def test_each_help_describes_the_command_and_lists_its_choices(words, capsys):
                 assert "{" + ",".join(map(str, action.choices)) + "}" in text, (words, action.dest)
 
 
+@pytest.mark.parametrize("words", [words for words, _ in COMMANDS], ids=" ".join)
+def test_each_help_shows_every_default(words, capsys):
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for action in dict(COMMANDS)[words]._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text or "default" in (action.help or ""), (
+                words, action.dest)
+
+
 def test_models_and_profiles_are_listed(capsys):
     for words in (["memory"], ["train"]):
         with pytest.raises(SystemExit):

@@ -362,10 +362,12 @@ def register_cli(subparsers) -> None:
     )
     models = available()
     parser.add_argument("--model", default="resnet34", choices=models, metavar="MODEL",
-                        help=f"a registered model: {', '.join(models)} (default: resnet34)")
-    parser.add_argument("--batch-size", type=int, default=128)
+                        help=f"a registered model: {', '.join(models)}")
+    parser.add_argument("--batch-size", type=int, default=128, help="utterances per step")
     parser.add_argument("--frames", type=int, default=200, help="fbank frames per utterance")
-    parser.add_argument("--optimizer", default="sgd", choices=sorted(STATE_LAYOUT))
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--optimizer", default="sgd", choices=sorted(STATE_LAYOUT),
+                        help="the optimizer whose states the step holds")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="parameters' and activations' type")
     parser.add_argument("--num-classes", type=int, default=5994, help="training speakers")
     parser.set_defaults(func=_run)
