@@ -1,4 +1,4 @@
-"""Log mel filterbank features: kaldi fbank (svlab, wespeaker) and SpeechBrain's Fbank."""
+"""Log mel filterbank features: kaldi fbank (svlab, wespeaker; 3D-Speaker's) and SpeechBrain's."""
 
 from __future__ import annotations
 
@@ -118,7 +118,44 @@ def speechbrain_fbank(
     return feats
 
 
-FRONT_ENDS = {"kaldi": fbank, "speechbrain": speechbrain_fbank}
+def speakerlab_fbank(
+    waves: torch.Tensor,
+    sample_rate: int = 16000,
+    n_mels: int = 80,
+    dither: float = 0.0,
+    cmn: bool = True,
+) -> torch.Tensor:
+    """3D-Speaker's front end (speakerlab's ``FBank(80, 16000, mean_nor=True)``): kaldi fbank
+    with kaldi's own defaults, the front end of its CAM++ and ERes2Net models.
+
+    It differs from :func:`fbank` in three settings: the samples stay in [-1, 1] (not scaled
+    by 2**15, so quiet mel bands reach kaldi's log floor sooner), the window is kaldi's
+    default "povey" (not Hamming), and ``dither`` is in those unscaled units. Each utterance's
+    mean vector is subtracted. The result is ``[B, T, n_mels]``, ``T = 1 + (N - 400) // 160``.
+
+    >>> speakerlab_fbank(0.01 * torch.randn(2, 16000)).shape
+    torch.Size([2, 98, 80])
+    """
+    waves = _batch_of_waves(waves, "speakerlab_fbank")
+    window = int(0.025 * sample_rate)
+    if waves.shape[1] < window:
+        raise ValueError(
+            f"waveforms of {waves.shape[1]} samples are shorter than one 25 ms frame ({window})"
+        )
+    feats = torch.stack(
+        [
+            kaldi.fbank(
+                wave.unsqueeze(0), num_mel_bins=n_mels, sample_frequency=sample_rate, dither=dither
+            )
+            for wave in waves.float()
+        ]
+    )
+    if cmn:
+        feats = feats - feats.mean(dim=1, keepdim=True)
+    return feats
+
+
+FRONT_ENDS = {"kaldi": fbank, "speechbrain": speechbrain_fbank, "speakerlab": speakerlab_fbank}
 
 
 def front_end_of(model: torch.nn.Module) -> str:
@@ -145,7 +182,7 @@ def featurize(waves: torch.Tensor, front_end: str = "kaldi", cmn: bool = True) -
     >>> featurize(torch.zeros(16000), "mfcc")
     Traceback (most recent call last):
     ...
-    ValueError: unknown front end 'mfcc'; known: ['kaldi', 'speechbrain']
+    ValueError: unknown front end 'mfcc'; known: ['kaldi', 'speakerlab', 'speechbrain']
     """
     if front_end not in FRONT_ENDS:
         raise ValueError(f"unknown front end {front_end!r}; known: {sorted(FRONT_ENDS)}")

@@ -1,5 +1,6 @@
 """Speaker-embedding models by name: ``build("resnet34")``, ``available()``, ``register(name)``."""
 
+from svlab.models.campplus import CAMPPlus
 from svlab.models.dfresnet import DFResNet, InvertedBottleneck, dfresnet_stage
 from svlab.models.ecapa import ECAPATDNN
 from svlab.models.ecapa_sb import SpeechBrainECAPA
@@ -21,11 +22,13 @@ register("resnet34_wespeaker", depths=(3, 4, 6, 3))(WespeakerResNet)
 register("ecapa_c512_wespeaker", channels=512)(WespeakerECAPA)
 register("ecapa_c1024_wespeaker", channels=1024)(WespeakerECAPA)
 register("ecapa_c1024_speechbrain", channels=1024, mfa_channels=3072)(SpeechBrainECAPA)
+register("campplus", embed_dim=192)(CAMPPlus)
 
 __all__ = [
     "ASTP",
     "TSTP",
     "BasicBlock",
+    "CAMPPlus",
     "DFResNet",
     "ECAPATDNN",
     "FbankResNet",

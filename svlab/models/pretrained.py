@@ -1,4 +1,5 @@
-"""Loading wespeaker and SpeechBrain checkpoints: source from the keys, config from the shapes."""
+"""Loading wespeaker, SpeechBrain and 3D-Speaker checkpoints: source from the keys, config from
+the shapes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from svlab import storage
 from svlab.losses import AAMSoftmax
 from svlab.models.registry import MODEL_FORMAT, build, from_saved
 
-SOURCES = ("wespeaker", "speechbrain")
+SOURCES = ("wespeaker", "speechbrain", "3d-speaker")
 _PREFIXES = ("module.", "front.")
 
 
 class PretrainedError(ValueError):
-    """A file that is not a usable wespeaker / SpeechBrain / svlab checkpoint (names file, key)."""
+    """A file that is not a usable wespeaker / SpeechBrain / 3D-Speaker / svlab checkpoint
+    (names the file and the key)."""
 
 
 class Pretrained(NamedTuple):
@@ -37,9 +39,10 @@ class Pretrained(NamedTuple):
 
 def load_pretrained(path: str | os.PathLike, source: str | None = None) -> nn.Module:
     """The speaker encoder in a wespeaker ``avg_model.pt``, a SpeechBrain
-    ``embedding_model.ckpt`` or an svlab model checkpoint, as an svlab model in eval mode.
+    ``embedding_model.ckpt``, a 3D-Speaker state dict (CAM++ ``campplus_*.pt``) or an svlab
+    model checkpoint, as an svlab model in eval mode.
 
-    The toolkit (``source``: ``"wespeaker"`` or ``"speechbrain"``) and the architecture are
+    The toolkit (``source``: one of ``SOURCES``) and the architecture are
     recognised from the keys, the channel configuration is read from the tensor shapes, and
     ``module.`` / ``front.`` prefixes are stripped. The model's ``front_end`` attribute names
     the features it was trained on (:func:`svlab.features.front_end_of`). Bad files raise
@@ -201,6 +204,23 @@ def _speechbrain_ecapa(keys: _Keys) -> tuple[str, dict]:
     return "ecapa_c1024_speechbrain", overrides
 
 
+def _speakerlab_campplus(keys: _Keys) -> tuple[str, dict]:
+    width = keys.shape("head.conv1.weight", 0)
+    growth = keys.shape("xvector.block1.tdnnd1.cam_layer.linear_local.weight", 0)
+    overrides = dict(
+        feat_dim=keys.shape("xvector.tdnn.linear.weight", 1) // width * 8,
+        embed_dim=keys.shape("xvector.dense.linear.weight", 0),
+        head_width=width,
+        head_blocks=tuple(keys.count(rf"head\.layer{s}\.(\d+)\..*") for s in (1, 2)),
+        init_channels=keys.shape("xvector.tdnn.linear.weight", 0),
+        growth_rate=growth,
+        bn_size=keys.shape("xvector.block1.tdnnd1.linear1.weight", 0) // growth,
+        dense_layers=tuple(keys.count(rf"xvector\.block{b}\.tdnnd(\d+)\..*") for b in (1, 2, 3)),
+        kernel_size=keys.shape("xvector.block1.tdnnd1.cam_layer.linear_local.weight", 2),
+    )
+    return "campplus", overrides
+
+
 # Each rule pairs a key template of the toolkit with svlab's: ``{p}`` is a parameter or buffer
 # name, other placeholders are integers, ``{i-1}`` is one less than the toolkit's ``{i}``; a
 # third element True marks a 1x1 convolution the toolkit stores for svlab's linear layer.
@@ -254,6 +274,7 @@ _SPEECHBRAIN_ECAPA = (
     ("asp_bn.norm.{p}", "bn.{p}"),
     ("fc.conv.{p}", "embedding.{p}", True),
 )
+_SAME_KEYS = ()  # no renaming: svlab names the modules as the toolkit does
 
 _ARCHS = (
     _Arch("wespeaker", "wespeaker ResNet (BasicBlock, one embedding layer)",
@@ -262,6 +283,8 @@ _ARCHS = (
           _wespeaker_ecapa, _WESPEAKER_ECAPA),
     _Arch("speechbrain", "SpeechBrain ECAPA_TDNN", ("blocks.0.conv.conv.weight", "fc.conv.weight"),
           _speechbrain_ecapa, _SPEECHBRAIN_ECAPA),
+    _Arch("3d-speaker", "3D-Speaker CAM++", ("head.conv1.weight", "xvector.tdnn.linear.weight"),
+          _speakerlab_campplus, _SAME_KEYS),
 )  # fmt: skip
 
 
@@ -308,6 +331,8 @@ def _translate(key: str, source: str, target: str) -> str | None:
 def _rename(key: str, rules: tuple[tuple, ...], reverse: bool = False) -> tuple[str, bool] | None:
     """The key ``key`` maps to (svlab's, or the toolkit's when ``reverse``) and whether the
     toolkit stores it as a 1x1 convolution; None if no rule matches."""
+    if not rules:
+        return key, False
     for rule in rules:
         source, target = (rule[1], rule[0]) if reverse else (rule[0], rule[1])
         new = _translate(key, source, target)
@@ -366,15 +391,18 @@ def export_state(model: nn.Module, head: AAMSoftmax | None = None) -> dict[str, 
     ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
      'bn1.num_batches_tracked', 'seg_1.weight', 'seg_1.bias', 'projection.weight']
     """
+    from svlab.models.campplus import CAMPPlus
     from svlab.models.ecapa_sb import SpeechBrainECAPA
     from svlab.models.wespeaker import WespeakerECAPA, WespeakerResNet
 
     rules = {WespeakerResNet: _WESPEAKER_RESNET, WespeakerECAPA: _WESPEAKER_ECAPA,
-             SpeechBrainECAPA: _SPEECHBRAIN_ECAPA}.get(type(model))  # fmt: skip
+             SpeechBrainECAPA: _SPEECHBRAIN_ECAPA,
+             CAMPPlus: _SAME_KEYS}.get(type(model))  # fmt: skip
     if rules is None:
-        raise ValueError(f"{type(model).__name__} has no wespeaker or SpeechBrain counterpart")
-    if head is not None and type(model) is SpeechBrainECAPA:
-        raise ValueError("SpeechBrain keeps its classifier outside embedding_model.ckpt")
+        raise ValueError(f"{type(model).__name__} has no wespeaker, SpeechBrain or 3D-Speaker "
+                         "counterpart")
+    if head is not None and type(model) in (SpeechBrainECAPA, CAMPPlus):
+        raise ValueError(f"{type(model).__name__}'s toolkit keeps its classifier in another file")
     state = {}
     for key, value in model.state_dict().items():
         new, conv1x1 = _rename(key, rules, reverse=True)
