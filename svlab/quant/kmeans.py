@@ -124,6 +124,48 @@ def cluster_rows(rows: torch.Tensor, k: int, method: str = "auto") -> torch.Tens
     return torch.from_numpy(centroids)
 
 
+def weighted_cluster_rows(rows: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted centroids ``[R, k]`` (float64) minimising each row's *weighted* squared error
+    ``sum_j weights[r, j] * (rows[r, j] - c)**2``, solved exactly by the same dynamic program.
+
+    Weights must be non-negative and finite; a row whose weights are all zero is clustered
+    unweighted. Each weight is floored at 1e-9 of its row's mean, so every value still counts a
+    little (a centroid is never left without mass). Rows with at most ``k`` distinct values get
+    them all, as in :func:`cluster_rows`.
+
+    >>> rows = torch.tensor([[0.0, 1.0, 2.0, 10.0]])
+    >>> weighted_cluster_rows(rows, torch.tensor([[1.0, 1.0, 1.0, 1.0]]), 2).tolist()
+    [[1.0, 10.0]]
+    >>> weighted_cluster_rows(rows, torch.tensor([[1.0, 1.0, 100.0, 1.0]]), 2).round(
+    ...     decimals=3).tolist()
+    [[1.971, 10.0]]
+    """
+    if rows.shape != weights.shape or rows.dim() != 2:
+        raise ValueError(f"rows {list(rows.shape)} and weights {list(weights.shape)} must be "
+                         "two-dimensional and of one shape")  # fmt: skip
+    check_finite(weights, "k-means weights")
+    if bool((weights < 0).any()):
+        raise ValueError("k-means weights must be non-negative")
+    data = rows.detach().cpu().double().numpy()
+    mass = weights.detach().cpu().double().numpy()
+    order = np.argsort(data, axis=1, kind="stable")
+    data, mass = np.take_along_axis(data, order, 1), np.take_along_axis(mass, order, 1)
+    mean = mass.mean(axis=1, keepdims=True)
+    mass = np.where(mean > 0, np.maximum(mass, 1e-9 * mean), 1.0)
+    is_new = np.ones_like(data, dtype=bool)
+    is_new[:, 1:] = data[:, 1:] != data[:, :-1]
+    few = is_new.sum(axis=1) <= k
+    centroids = cluster_rows(rows[torch.from_numpy(few)], k) if few.any() else None
+    result = np.empty((data.shape[0], k))
+    if centroids is not None:
+        result[few] = centroids.numpy()
+    many = np.flatnonzero(~few)
+    if many.size:
+        offsets = np.arange(many.size + 1) * data.shape[1]
+        result[many] = _dp(data[many].reshape(-1), mass[many].reshape(-1), offsets, k)
+    return torch.from_numpy(result)
+
+
 def _cluster_many(
     data: np.ndarray, is_new: np.ndarray, n_distinct: np.ndarray, k: int, method: str
 ) -> np.ndarray:
