@@ -215,7 +215,7 @@ class MeanStdPool(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean(dim=-1), x.std(dim=-1)], dim=-1)
+        return torch.cat([x.mean(dim=-1), x.std(dim=-1)], dim=1)
 
 
 class Embedding(nn.Module):

@@ -429,14 +429,16 @@ def compress(
     bias_correction: bool = True,
     distill_steps: int = 0,
     distill_lr: float = 1e-5,
+    kmeans_method: str = "auto",
     include=None,
     exclude=None,
 ) -> nn.Module:
     """A quantized copy of ``model`` (the input is untouched), calibrated on unlabelled feature
     batches ``calibration`` (``[batch, frames, bins]`` in the model's front end); see the module
-    docstring for each step. ``bits``, ``include`` and ``exclude`` choose the weights as in
-    :func:`svlab.quant.quantize_model`; the result works with ``save_packed``, ``to_onnx`` and
-    the workbench like any ``quantize_model`` result.
+    docstring for each step. ``bits``, ``include`` and ``exclude`` choose the weights, and
+    ``kmeans_method`` how unweighted levels are found, as in :func:`svlab.quant.quantize_model`;
+    the result works with ``save_packed``, ``to_onnx`` and the workbench like any
+    ``quantize_model`` result.
 
     The defaults are the recipe svlab measured best on 3D-Speaker's CAM++ (README and
     ``benchmarks/bench_real.py``).
@@ -462,7 +464,8 @@ def compress(
     reference = clone_model(model).eval()
     batches = check_calibration(reference, calibration)
     quantized = quantize_model(reference, bits, granularity=granularity, method=method,
-                               include=include, exclude=exclude).eval()  # fmt: skip
+                               include=include, exclude=exclude,
+                               kmeans_method=kmeans_method).eval()  # fmt: skip
     names = list(quantizers(quantized))
     statistics = input_statistics(reference, batches, names)
     importance = None
