@@ -6,7 +6,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,7 +66,7 @@ def save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, stand_ins: Iterable[tuple[type, str]] = ()) -> Any:
     """Read a file written by :func:`save`, allowing only tensors and plain containers.
 
     Every svlab file (``.pt``, ``.svq``, pretrained weights) is read here. A file that is
@@ -74,6 +74,11 @@ def load(path: str | os.PathLike) -> Any:
     ``torch.save``, or holds Python objects other than tensors and plain containers raises
     :class:`CheckpointError` naming the file and what is wrong. svlab never loads such a file
     with ``weights_only=False``: unpickling arbitrary objects can run arbitrary code.
+
+    ``stand_ins`` pairs an inert class of svlab's with the name of a class some toolkit pickles
+    into its files (``(Record, "pyannote.audio.core.task.Specifications")``): objects of that
+    name are read as instances of the stand-in, their fields as plain data, and none of the
+    toolkit's code is imported or run.
 
     >>> load("/no/such/file.pt")
     Traceback (most recent call last):
@@ -99,7 +104,8 @@ def load(path: str | os.PathLike) -> Any:
                 f"({size} bytes) is something else"
             )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(stand_ins)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path} holds Python objects other than tensors and plain containers, which svlab "

@@ -17,6 +17,9 @@ TINY = {
     "resnet": dict(base_width=2, depths=[1, 1, 1, 1], embed_dim=8),
     "dfresnet": dict(base_width=2, depths=[1, 1, 1, 1], embed_dim=8),
     "ecapa": dict(channels=8, mfa_channels=12, embed_dim=8, scale=4),
+    "campplus": dict(head_width=4, init_channels=16, growth_rate=4, dense_layers=[1, 1, 1],
+                     embed_dim=8),
+    "eres2net": dict(m_channels=4, depths=[1, 1, 1, 1], embed_dim=8),  # and eres2netv2
 }
 
 

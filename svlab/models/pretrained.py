@@ -1,5 +1,10 @@
-"""Loading wespeaker, SpeechBrain and 3D-Speaker checkpoints: source from the keys, config from
-the shapes."""
+"""Loading wespeaker, SpeechBrain, 3D-Speaker and pyannote checkpoints: source from the keys,
+config from the shapes.
+
+Over 450 lines: one table of architectures (signature keys, configuration from the shapes,
+renaming rules), read by one loader and inverted by :func:`export_state`; every part uses the
+file-naming errors and the key reader defined here, so a split would only scatter the table.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,39 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from svlab import storage
 from svlab.losses import AAMSoftmax
 from svlab.models.registry import MODEL_FORMAT, build, from_saved
 
-SOURCES = ("wespeaker", "speechbrain", "3d-speaker")
+SOURCES = ("wespeaker", "speechbrain", "3d-speaker", "pyannote")
 _PREFIXES = ("module.", "front.")
+_PYANNOTE = "pyannote.audio"  # a pyannote checkpoint's own entry: versions, architecture
 
 
 class PretrainedError(ValueError):
-    """A file that is not a usable wespeaker / SpeechBrain / 3D-Speaker / svlab checkpoint
-    (names the file and the key)."""
+    """A file that is not a usable wespeaker / SpeechBrain / 3D-Speaker / pyannote / svlab
+    checkpoint (names the file and the key)."""
+
+
+class PyannoteRecord:
+    """An inert stand-in for the pyannote.audio objects its checkpoints pickle (a task's
+    ``Specifications``, the ``Problem`` and ``Resolution`` enums): the fields as plain data
+    (``args`` for an enum's value), no pyannote code, no behaviour.
+
+    >>> vars(PyannoteRecord(3))
+    {'args': (3,)}
+    """
+
+    def __init__(self, *args: object) -> None:
+        self.args = args
+
+
+_PYANNOTE_STAND_INS = tuple(
+    (PyannoteRecord, f"pyannote.audio.core.task.{name}")
+    for name in ("Specifications", "Problem", "Resolution")
+) + ((TorchVersion, "torch.torch_version.TorchVersion"),)
 
 
 class Pretrained(NamedTuple):
@@ -38,14 +64,20 @@ class Pretrained(NamedTuple):
 
 
 def load_pretrained(path: str | os.PathLike, source: str | None = None) -> nn.Module:
-    """The speaker encoder in a wespeaker ``avg_model.pt``, a SpeechBrain
-    ``embedding_model.ckpt``, a 3D-Speaker state dict (CAM++ ``campplus_*.pt``) or an svlab
-    model checkpoint, as an svlab model in eval mode.
+    """The speaker encoder in a wespeaker ``avg_model.pt`` (ResNet, ECAPA-TDNN, CAM++), a
+    SpeechBrain ``embedding_model.ckpt``, a 3D-Speaker state dict (CAM++ ``campplus_*.pt``,
+    ERes2Net, ERes2NetV2), a pyannote.audio ``pytorch_model.bin`` (``WeSpeakerResNet34``) or an
+    svlab model checkpoint, as an svlab model in eval mode.
 
     The toolkit (``source``: one of ``SOURCES``) and the architecture are
     recognised from the keys, the channel configuration is read from the tensor shapes, and
-    ``module.`` / ``front.`` prefixes are stripped. The model's ``front_end`` attribute names
-    the features it was trained on (:func:`svlab.features.front_end_of`). Bad files raise
+    ``module.`` / ``front.`` prefixes are stripped. wespeaker's CAM++ has 3D-Speaker's key
+    names: a file with wespeaker's AAM head (``projection.weight``), or ``source="wespeaker"``,
+    makes it wespeaker's. A pyannote checkpoint (PyTorch Lightning's layout) names its
+    architecture in its ``pyannote.audio`` entry; it is read without pyannote's code, its
+    pickled pyannote objects as inert :class:`PyannoteRecord` s, and any other pyannote model
+    (segmentation ...) is refused by name. The model's ``front_end`` attribute names the
+    features it was trained on (:func:`svlab.features.front_end_of`). Bad files raise
     :class:`PretrainedError` naming the file and the first offending key.
 
     >>> import tempfile, pathlib
@@ -83,8 +115,11 @@ def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretr
         head = AAMSoftmax.from_weight(state.get("head"))
         model = from_saved(state, path)
         return Pretrained(model.eval(), head, state["model"], state["overrides"], "svlab")
-    state = _strip_prefixes(state, path)
-    arch = _detect(state, path, source)
+    if _PYANNOTE in state:
+        state, arch = _pyannote(state, path, source)
+    else:
+        state = _strip_prefixes(_tensors(state, path), path)
+        arch = _detect(state, path, source)
     name, overrides = arch.config(_Keys(state, path))
     model = build(name, **overrides)
     head = _load(model, state, arch, name, path)
@@ -95,11 +130,15 @@ def read_pretrained(path: str | os.PathLike, source: str | None = None) -> Pretr
 
 
 def _read(path: Path) -> dict:
-    state = storage.load(path)  # unreadable files: CheckpointError naming the file
+    # unreadable files: CheckpointError naming the file
+    state = storage.load(path, stand_ins=_PYANNOTE_STAND_INS)
     if not isinstance(state, dict):
         raise PretrainedError(f"{path} is not a state dict: it holds a {type(state).__name__}")
-    if state.get("format") == MODEL_FORMAT:
-        return state
+    return state
+
+
+def _tensors(state: dict, path: Path) -> dict:
+    """``state`` itself if it maps names to tensors (a state dict)."""
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise PretrainedError(
@@ -148,6 +187,7 @@ class _Arch(NamedTuple):
     signature: tuple[str, ...]  # keys that identify it
     config: Callable[[_Keys], tuple[str, dict]]
     rules: tuple[tuple, ...]  # (toolkit key template, svlab key template[, 1x1 conv])
+    marker: str = ""  # a key that tells it from another toolkit's with the same names
 
 
 def _wespeaker_resnet(keys: _Keys) -> tuple[str, dict]:
@@ -221,6 +261,47 @@ def _speakerlab_campplus(keys: _Keys) -> tuple[str, dict]:
     return "campplus", overrides
 
 
+def _wespeaker_campplus(keys: _Keys) -> tuple[str, dict]:
+    return "campplus_wespeaker", _speakerlab_campplus(keys)[1]
+
+
+def _eres2net_blocks(keys: _Keys) -> dict:
+    """What ERes2Net and ERes2NetV2 share: widths, depths, the blocks' base width and scale."""
+    m = keys.shape("conv1.weight", 0)
+    widths = [keys.shape(f"layer{s}.0.convs.0.weight", 0) for s in (1, 2, 3, 4)]
+    fits = (w for w in range(1, 1025) if all(m * 2**s * w // 64 == widths[s] for s in range(4)))
+    base_width = next(fits, None)
+    if base_width is None:
+        raise PretrainedError(f"{keys.path}: the blocks' widths {widths} fit no base width")
+    return dict(
+        embed_dim=keys.shape("seg_1.weight", 0),
+        m_channels=m,
+        depths=tuple(keys.count(rf"layer{s}\.(\d+)\..*") for s in (1, 2, 3, 4)),
+        base_width=base_width,  # the smallest that gives these widths
+        scale=keys.count(r"layer1\.0\.convs\.(\d+)\..*"),
+        two_emb_layer="seg_2.weight" in keys.state,
+    )
+
+
+def _speakerlab_eres2net(keys: _Keys) -> tuple[str, dict]:
+    overrides = _eres2net_blocks(keys)
+    feat_dim = keys.shape("seg_1.weight", 1) // (32 * overrides["m_channels"]) * 8
+    return "eres2net", dict(feat_dim=feat_dim, **overrides)
+
+
+def _speakerlab_eres2netv2(keys: _Keys) -> tuple[str, dict]:
+    overrides = _eres2net_blocks(keys)
+    expansion = keys.shape("layer1.0.conv3.weight", 0) // overrides["m_channels"]
+    feat_dim = keys.shape("seg_1.weight", 1) // (16 * overrides["m_channels"] * expansion) * 8
+    return "eres2netv2", dict(feat_dim=feat_dim, expansion=expansion, **overrides)
+
+
+def _pyannote_resnet(keys: _Keys) -> tuple[str, dict]:
+    _, overrides = _wespeaker_resnet(keys)
+    depths = tuple(keys.count(rf"layer{s}\.(\d+)\..*") for s in (1, 2, 3, 4))
+    return "resnet34_pyannote", dict(overrides, depths=depths)
+
+
 # Each rule pairs a key template of the toolkit with svlab's: ``{p}`` is a parameter or buffer
 # name, other placeholders are integers, ``{i-1}`` is one less than the toolkit's ``{i}``; a
 # third element True marks a 1x1 convolution the toolkit stores for svlab's linear layer.
@@ -276,21 +357,45 @@ _SPEECHBRAIN_ECAPA = (
 )
 _SAME_KEYS = ()  # no renaming: svlab names the modules as the toolkit does
 
-_ARCHS = (
+_ARCHS = (  # the first whose signature keys are all there (and marker, without source) wins
+    _Arch("3d-speaker", "3D-Speaker ERes2Net",
+          ("conv1.weight", "layer1_downsample.weight", "fuse_mode12.local_att.0.weight",
+           "seg_1.weight"), _speakerlab_eres2net, _SAME_KEYS),
+    _Arch("3d-speaker", "3D-Speaker ERes2NetV2",
+          ("conv1.weight", "layer3_ds.weight", "fuse34.local_att.0.weight", "seg_1.weight"),
+          _speakerlab_eres2netv2, _SAME_KEYS),
     _Arch("wespeaker", "wespeaker ResNet (BasicBlock, one embedding layer)",
           ("conv1.weight", "seg_1.weight"), _wespeaker_resnet, _WESPEAKER_RESNET),
     _Arch("wespeaker", "wespeaker ECAPA-TDNN", ("layer1.conv.weight", "linear.weight"),
           _wespeaker_ecapa, _WESPEAKER_ECAPA),
     _Arch("speechbrain", "SpeechBrain ECAPA_TDNN", ("blocks.0.conv.conv.weight", "fc.conv.weight"),
           _speechbrain_ecapa, _SPEECHBRAIN_ECAPA),
+    _Arch("wespeaker", "wespeaker CAM++", ("head.conv1.weight", "xvector.tdnn.linear.weight"),
+          _wespeaker_campplus, _SAME_KEYS, marker="projection.weight"),
     _Arch("3d-speaker", "3D-Speaker CAM++", ("head.conv1.weight", "xvector.tdnn.linear.weight"),
           _speakerlab_campplus, _SAME_KEYS),
+)  # fmt: skip
+# pyannote.audio checkpoints name their class: the ones svlab loads, by class name
+_PYANNOTE_ARCHS = {
+    "WeSpeakerResNet34": _Arch("pyannote", "pyannote.audio WeSpeakerResNet34",
+                               ("conv1.weight", "seg_1.weight"), _pyannote_resnet,
+                               _WESPEAKER_RESNET),
+}  # fmt: skip
+# pyannote's WeSpeakerResNet34 front end as svlab's "kaldi" fbank computes it
+_PYANNOTE_FBANK = dict(
+    sample_rate=16000, num_channels=1, num_mel_bins=80, frame_length=25, frame_shift=10,
+    round_to_power_of_two=True, snip_edges=True, dither=0.0, window_type="hamming",
+    use_energy=False, fbank_centering_span=None,
 )  # fmt: skip
 
 
 def _detect(state: dict, path: Path, source: str | None) -> _Arch:
     for arch in _ARCHS:
-        if (source is None or arch.source == source) and all(k in state for k in arch.signature):
+        if (
+            (source is None or arch.source == source)
+            and all(k in state for k in arch.signature)
+            and (not arch.marker or source is not None or arch.marker in state)
+        ):
             return arch
     first = next(iter(state), None)
     known = "; ".join(f"{a.description}: {', '.join(a.signature)}" for a in _ARCHS)
@@ -298,6 +403,43 @@ def _detect(state: dict, path: Path, source: str | None) -> _Arch:
     raise PretrainedError(
         f"{path}: no known architecture{where} has the key {first!r} (a known one has: {known})"
     )
+
+
+def _pyannote(checkpoint: dict, path: Path, source: str | None) -> tuple[dict, _Arch]:
+    """The state dict and architecture of a pyannote.audio checkpoint, which names its model's
+    class; its front-end settings, if saved, must be those of svlab's kaldi fbank."""
+    if source not in (None, "pyannote"):
+        raise PretrainedError(f"{path} is a pyannote.audio checkpoint, not one of {source}")
+    entry = checkpoint[_PYANNOTE].get("architecture") if isinstance(
+        checkpoint[_PYANNOTE], dict) else None  # fmt: skip
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str)
+                                              for k in ("module", "class")):  # fmt: skip
+        raise PretrainedError(f"{path}: its {_PYANNOTE!r} entry names no architecture")
+    module, name = entry["module"], entry["class"]
+    if name not in _PYANNOTE_ARCHS:
+        parts = module.split(".")
+        kind = parts[3] if parts[:3] == ["pyannote", "audio", "models"] and len(parts) > 3 else ""
+        what = f"a pyannote.audio {name}{f' ({kind})' if kind else ''} checkpoint ({module})"
+        if kind == "embedding":
+            raise PretrainedError(f"{path} is {what}: of pyannote's speaker encoders svlab "
+                                  f"loads {', '.join(_PYANNOTE_ARCHS)}")  # fmt: skip
+        raise PretrainedError(f"{path} is {what}, not a speaker encoder")
+    settings = checkpoint.get("hyper_parameters") or {}
+    for key, expected in _PYANNOTE_FBANK.items():
+        if key in settings and settings[key] != expected:
+            raise PretrainedError(
+                f"{path}: its front end has {key}={settings[key]!r}; svlab's kaldi fbank, "
+                f"pyannote's default, has {key}={expected!r}"
+            )
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise PretrainedError(f"{path}: the pyannote checkpoint has no 'state_dict'")
+    resnet = {}
+    for key, value in _tensors(state, path).items():
+        if not key.startswith("resnet."):
+            raise PretrainedError(f"{path}: key {key!r} is not in {name}'s ResNet ('resnet.')")
+        resnet[key.removeprefix("resnet.")] = value
+    return resnet, _PYANNOTE_ARCHS[name]
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -382,7 +524,9 @@ def _load(model: nn.Module, state: dict, arch: _Arch, name: str, path: Path) -> 
 def export_state(model: nn.Module, head: AAMSoftmax | None = None) -> dict[str, torch.Tensor]:
     """``model``'s weights in its toolkit's key naming (the inverse of :func:`load_pretrained`):
     what the toolkit's own ``state_dict()`` would hold, with ``head`` as wespeaker's
-    ``projection.weight``. For stand-ins in the toolkits' formats, and for tests.
+    ``projection.weight`` (for pyannote's ResNet: what its ``resnet`` module's holds, the
+    checkpoint's ``state_dict`` without the ``resnet.`` prefix). For stand-ins in the
+    toolkits' formats, and for tests.
 
     >>> from svlab.models import build
     >>> state = export_state(build("resnet18_wespeaker", base_width=2, embed_dim=4),
@@ -393,15 +537,23 @@ def export_state(model: nn.Module, head: AAMSoftmax | None = None) -> dict[str, 
     """
     from svlab.models.campplus import CAMPPlus
     from svlab.models.ecapa_sb import SpeechBrainECAPA
-    from svlab.models.wespeaker import WespeakerECAPA, WespeakerResNet
+    from svlab.models.eres2net import ERes2Net, ERes2NetV2
+    from svlab.models.wespeaker import (
+        PyannoteResNet,
+        WespeakerCAMPPlus,
+        WespeakerECAPA,
+        WespeakerResNet,
+    )
 
     rules = {WespeakerResNet: _WESPEAKER_RESNET, WespeakerECAPA: _WESPEAKER_ECAPA,
-             SpeechBrainECAPA: _SPEECHBRAIN_ECAPA,
-             CAMPPlus: _SAME_KEYS}.get(type(model))  # fmt: skip
+             SpeechBrainECAPA: _SPEECHBRAIN_ECAPA, PyannoteResNet: _WESPEAKER_RESNET,
+             CAMPPlus: _SAME_KEYS, WespeakerCAMPPlus: _SAME_KEYS, ERes2Net: _SAME_KEYS,
+             ERes2NetV2: _SAME_KEYS}.get(type(model))  # fmt: skip
     if rules is None:
-        raise ValueError(f"{type(model).__name__} has no wespeaker, SpeechBrain or 3D-Speaker "
-                         "counterpart")
-    if head is not None and type(model) in (SpeechBrainECAPA, CAMPPlus):
+        raise ValueError(f"{type(model).__name__} has no wespeaker, SpeechBrain, 3D-Speaker or "
+                         "pyannote counterpart")
+    no_head = (SpeechBrainECAPA, CAMPPlus, ERes2Net, ERes2NetV2, PyannoteResNet)
+    if head is not None and type(model) in no_head:
         raise ValueError(f"{type(model).__name__}'s toolkit keeps its classifier in another file")
     state = {}
     for key, value in model.state_dict().items():
