@@ -11,16 +11,14 @@ from torch import nn
 
 from svlab.models import build
 from svlab.quant import load_packed, quantize_model, quantizers, save_packed
-from svlab.quant.compress import (
+from svlab.quant.calibration import (
     CalibrationError,
-    _columns,
     check_calibration,
-    compress,
-    correct_batchnorm,
+    columns_of,
     embedding_fisher,
-    gptq_round,
     input_statistics,
 )
+from svlab.quant.compress import compress, correct_batchnorm, gptq_round
 from svlab.quant.kmeans import weighted_cluster_rows
 
 
@@ -102,7 +100,7 @@ def test_input_columns_times_the_weight_are_the_layers_output(layer):
     torch.manual_seed(0)
     x = {nn.Linear: torch.randn(2, 7, 5), nn.Conv1d: torch.randn(2, 4, 11),
          nn.Conv2d: torch.randn(2, 2, 6, 5)}[type(layer)]  # fmt: skip
-    columns = _columns(layer, x)
+    columns = columns_of(layer, x)
     product = columns @ layer.weight.reshape(layer.weight.shape[0], -1).T + layer.bias
     output = layer(x) if isinstance(layer, nn.Linear) else layer(x).movedim(1, -1)
     assert torch.allclose(product, output.reshape(-1, 3), atol=1e-5)
