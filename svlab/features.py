@@ -37,27 +37,26 @@ def fbank(
     >>> fbank(torch.zeros(2, 16000) + 0.01 * torch.randn(2, 16000)).shape
     torch.Size([2, 98, 80])
     """
-    waves = _batch_of_waves(waves, "fbank")
+    return _kaldi_features(waves, "fbank", sample_rate, cmn, scale=1 << 15, num_mel_bins=n_mels,
+                           frame_length=25, frame_shift=10, dither=dither, energy_floor=0.0,
+                           window_type="hamming")  # fmt: skip
+
+
+def _kaldi_features(
+    waves: torch.Tensor, front_end: str, sample_rate: int, cmn: bool, scale: float, **options
+) -> torch.Tensor:
+    """torchaudio's kaldi fbank of each waveform of a batch (samples times ``scale``) with
+    ``options``, stacked, each utterance's mean subtracted when ``cmn``."""
+    waves = _batch_of_waves(waves, front_end)
     window = int(0.025 * sample_rate)
     if waves.shape[1] < window:
         raise ValueError(
             f"waveforms of {waves.shape[1]} samples are shorter than one 25 ms frame ({window})"
         )
     feats = torch.stack(
-        [
-            kaldi.fbank(
-                wave.unsqueeze(0) * (1 << 15),
-                num_mel_bins=n_mels,
-                frame_length=25,
-                frame_shift=10,
-                dither=dither,
-                energy_floor=0.0,
-                window_type="hamming",
-                sample_frequency=sample_rate,
-            )
-            for wave in waves.float()
-        ]
-    )
+        [kaldi.fbank(wave.unsqueeze(0) * scale, sample_frequency=sample_rate, **options)
+         for wave in waves.float()]
+    )  # fmt: skip
     if cmn:
         feats = feats - feats.mean(dim=1, keepdim=True)
     return feats
@@ -136,23 +135,8 @@ def speakerlab_fbank(
     >>> speakerlab_fbank(0.01 * torch.randn(2, 16000)).shape
     torch.Size([2, 98, 80])
     """
-    waves = _batch_of_waves(waves, "speakerlab_fbank")
-    window = int(0.025 * sample_rate)
-    if waves.shape[1] < window:
-        raise ValueError(
-            f"waveforms of {waves.shape[1]} samples are shorter than one 25 ms frame ({window})"
-        )
-    feats = torch.stack(
-        [
-            kaldi.fbank(
-                wave.unsqueeze(0), num_mel_bins=n_mels, sample_frequency=sample_rate, dither=dither
-            )
-            for wave in waves.float()
-        ]
-    )
-    if cmn:
-        feats = feats - feats.mean(dim=1, keepdim=True)
-    return feats
+    return _kaldi_features(waves, "speakerlab_fbank", sample_rate, cmn, scale=1.0,
+                           num_mel_bins=n_mels, dither=dither)
 
 
 FRONT_ENDS = {"kaldi": fbank, "speechbrain": speechbrain_fbank, "speakerlab": speakerlab_fbank}

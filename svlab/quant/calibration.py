@@ -163,7 +163,22 @@ def input_statistics(
             total[2] = total[2] + cols.T @ cols
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    run_with_input_hooks(model, batches, {n.rpartition(".")[0]: hook(n) for n in layers})
+    return {name: (s / n, h / n) for name, (n, s, h) in sums.items()}
+
+
+@torch.no_grad()
+def run_with_input_hooks(model: nn.Module, batches: list[torch.Tensor], hooks: dict) -> None:
+    """Run ``model`` in eval mode over ``batches`` with ``hooks[name]`` as a forward pre-hook
+    of the submodule ``name`` (each sees the module's inputs); the hooks are removed after.
+
+    >>> seen = []
+    >>> net = nn.Sequential(nn.Linear(2, 2))
+    >>> run_with_input_hooks(net, [torch.ones(3, 2)], {"0": lambda m, a: seen.append(a[0].shape)})
+    >>> seen
+    [torch.Size([3, 2])]
+    """
+    handles = [model.get_submodule(n).register_forward_pre_hook(h) for n, h in hooks.items()]
     try:
         model.eval()
         for batch in batches:
@@ -171,7 +186,6 @@ def input_statistics(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (s / n, h / n) for name, (n, s, h) in sums.items()}
 
 
 def embedding_fisher(

@@ -39,6 +39,7 @@ from svlab.quant.calibration import (
     check_calibration,
     embedding_fisher,
     input_statistics,
+    run_with_input_hooks,
 )
 from svlab.quant.kmeans import weighted_cluster_rows
 from svlab.quant.quantize import clone_model, latent_weight, quantize_model, quantizers
@@ -129,15 +130,7 @@ def _batchnorm_inputs(model: nn.Module, batches: list[torch.Tensor]) -> dict[str
             total[2] = total[2] + (x * x).sum(dim=1)
         return record
 
-    norms = _batchnorms(model)
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in norms.items()]
-    try:
-        model.eval()
-        for batch in batches:
-            model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_input_hooks(model, batches, {n: hook(n) for n in _batchnorms(model)})
     return {n: (s / c, q / c - (s / c) ** 2) for n, (c, s, q) in sums.items()}
 
 
