@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
+from svlab.models.recompute import GRAINS, ReversibleFunction, halves
 from svlab.models.registry import register
 from svlab.models.resnet import FbankResNet, bins_after, conv_bn
+from svlab.models.units import recomputed
 
 # ---------------------------------------------------------------- the coupling and its halves
 
@@ -63,24 +64,17 @@ class Coupling(nn.Module):
         self.f, self.g = f, g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = _halves(x)
+        x1, x2 = halves(x)
         y1 = x1 + self.f(x2)
         y2 = x2 + self.g(y1)
         return torch.cat([y1, y2], dim=1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """The input ``x`` that this coupling maps to ``y``."""
-        y1, y2 = _halves(y)
+        y1, y2 = halves(y)
         x2 = y2 - self.g(y1)
         x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=1)
-
-
-def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.dim() < 2 or x.shape[1] % 2:
-        raise ValueError(f"a coupling needs an even number of channels, got shape {list(x.shape)}")
-    x1, x2 = x.chunk(2, dim=1)
-    return x1, x2
 
 
 def basic_coupling(width: int, hidden: int | None = None, dropout: float = 0.0) -> Coupling:
@@ -110,132 +104,6 @@ def depth_first_coupling(width: int, expansion: int = 4, dropout: float = 0.0) -
     )
 
 
-# ---------------------------------------------------------------- backprop without cached inputs
-
-
-def _capture_rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda_state
-
-
-@contextmanager
-def _replayed_rng(state: tuple[torch.Tensor, torch.Tensor | None] | None, device: torch.device):
-    """Run the body with the RNG as it was when ``state`` was captured; restore it afterwards."""
-    if state is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], device)
-        yield
-
-
-@contextmanager
-def _frozen_batchnorm_statistics(module: nn.Module):
-    """Run the body, then put every BatchNorm running statistic of ``module`` back as it was.
-
-    The recomputation in backward runs F and G a second time in training mode; without this,
-    each BatchNorm would count the batch twice in its running mean and variance (memcnn #12).
-    """
-    saved = [
-        (buffer, buffer.clone())
-        for layer in module.modules()
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats
-        for buffer in (layer.running_mean, layer.running_var, layer.num_batches_tracked)
-        if buffer is not None
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-
-
-def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
-    """(device type, dtype) of the autocast region we are in, or None outside autocast."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return device_type, torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _autocast(state: tuple[str, torch.dtype] | None):
-    return nullcontext() if state is None else torch.autocast(*state)
-
-
-def _vjp(
-    output_fn, inputs: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
-    """Recompute ``output_fn(inputs)`` with grad on; return (output, d input, d params)."""
-    with torch.enable_grad():
-        leaf = inputs.detach().requires_grad_()
-        output = output_fn(leaf)
-        trainable = [p for p in params if p.requires_grad]
-        grads = torch.autograd.grad(output, [leaf, *trainable], grad_output, allow_unused=True)
-    by_param = iter(grads[1:])
-    param_grads = [next(by_param) if p.requires_grad else None for p in params]
-    input_grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
-    return output.detach(), input_grad, param_grads
-
-
-class _ReversibleFunction(torch.autograd.Function):
-    """Runs couplings in sequence, keeps only the last output, rebuilds inputs in backward."""
-
-    @staticmethod
-    def forward(ctx, x, blocks, preserve_rng_state, *params):
-        ctx.blocks, ctx.rng_states = blocks, []
-        ctx.device = x.device
-        ctx.autocast = _autocast_state(x.device.type)
-        with torch.no_grad():
-            for block in blocks:
-                x1, x2 = _halves(x)
-                rng_f = _capture_rng(x.device) if preserve_rng_state else None
-                y1 = x1 + block.f(x2)
-                rng_g = _capture_rng(x.device) if preserve_rng_state else None
-                y2 = x2 + block.g(y1)
-                del x1, x2
-                x = torch.cat([y1, y2], dim=1)
-                del y1, y2
-                ctx.rng_states.append((rng_f, rng_g))
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        (y,) = ctx.saved_tensors
-        y = y.detach()
-        grads_by_param: dict[int, torch.Tensor] = {}
-        steps = zip(reversed(ctx.blocks), reversed(ctx.rng_states), strict=True)
-        for block, (rng_f, rng_g) in steps:
-            y1, y2 = _halves(y)
-            dy1, dy2 = _halves(grad_y)
-            with _frozen_batchnorm_statistics(block), _autocast(ctx.autocast):
-                g_params = list(block.g.parameters())
-                with _replayed_rng(rng_g, ctx.device):
-                    g_out, dg_dy1, dg_params = _vjp(block.g, y1, g_params, dy2)
-                x2 = y2 - g_out
-                dx1 = dy1 + dg_dy1
-                del g_out, dg_dy1, y2, dy1
-                f_params = list(block.f.parameters())
-                with _replayed_rng(rng_f, ctx.device):
-                    f_out, df_dx2, df_params = _vjp(block.f, x2, f_params, dx1)
-                x1 = y1 - f_out
-                dx2 = dy2 + df_dx2
-                del f_out, df_dx2, y1, dy2
-            for param, grad in zip(g_params + f_params, dg_params + df_params, strict=True):
-                if grad is not None:
-                    previous = grads_by_param.get(id(param))
-                    grads_by_param[id(param)] = grad if previous is None else previous + grad
-            y = torch.cat([x1, x2], dim=1)
-            grad_y = torch.cat([dx1, dx2], dim=1)
-            del x1, x2, dx1, dx2
-        params = list(ctx.blocks.parameters())
-        return (grad_y, None, None, *[grads_by_param.get(id(p)) for p in params])
-
-
 class ReversibleSequence(nn.Module):
     """Couplings run one after another; in training, their inputs are not kept for backward.
 
@@ -246,7 +114,10 @@ class ReversibleSequence(nn.Module):
     only. So activation memory does not grow with the number of couplings, at the cost of
     one more forward pass of F and G. BatchNorm running statistics are restored after the
     recomputation, the RNG state (for dropout) is replayed and autocast (mixed precision) is
-    re-entered as it was in forward. ``memory_saving=False`` runs the same couplings as
+    re-entered as it was in forward. ``grain`` says how a branch is rebuilt in backward:
+    ``"branch"`` re-runs it with autograd on as a whole, ``"unit"`` one conv-BN-ReLU unit at
+    a time in batch chunks (:mod:`svlab.models.units`: the same gradients, a lower peak, one
+    more forward pass of each unit). ``memory_saving=False`` runs the same couplings as
     ordinary modules (autograd caches everything), for comparison.
 
     >>> _ = torch.manual_seed(0); seq = ReversibleSequence([basic_coupling(4), basic_coupling(4)])
@@ -260,6 +131,7 @@ class ReversibleSequence(nn.Module):
         blocks: Iterable[Coupling],
         memory_saving: bool = True,
         preserve_rng_state: bool = True,
+        grain: str = "branch",
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -270,12 +142,15 @@ class ReversibleSequence(nn.Module):
                 raise ValueError(f"block {i} is a {type(block).__name__}, not a Coupling")
         self.memory_saving = memory_saving
         self.preserve_rng_state = preserve_rng_state
+        self.grain = _checked_grain(grain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = list(self.blocks.parameters())
         needs_grad = x.requires_grad or any(p.requires_grad for p in params)
         if self.memory_saving and torch.is_grad_enabled() and needs_grad:
-            return _ReversibleFunction.apply(x, self.blocks, self.preserve_rng_state, *params)
+            return ReversibleFunction.apply(
+                x, self.blocks, self.preserve_rng_state, self.grain, *params
+            )
         for block in self.blocks:
             x = block(x)
         return x
@@ -291,6 +166,28 @@ class ReversibleSequence(nn.Module):
         for block in reversed(self.blocks):
             y = block.inverse(y)
         return y
+
+
+def _checked_grain(grain: str) -> str:
+    if grain not in GRAINS:
+        raise ValueError(f"recompute must be one of {GRAINS}, got {grain!r}")
+    return grain
+
+
+def set_recompute(model: nn.Module, grain: str) -> nn.Module:
+    """Rebuild every coupling of ``model`` by ``"branch"`` or by ``"unit"`` in backward; with
+    ``"unit"`` a reversible model's stem and transitions also keep only their inputs.
+
+    >>> net = set_recompute(RevResNet([1, 1, 1, 1], base_width=2, feat_dim=16), "unit")
+    >>> net.recompute, net.stages[0][0].grain
+    ('unit', 'unit')
+    """
+    for module in model.modules():
+        if isinstance(module, ReversibleSequence):
+            module.grain = _checked_grain(grain)
+        if isinstance(module, ReversibleNet):
+            module.recompute = _checked_grain(grain)
+    return model
 
 
 def set_memory_saving(model: nn.Module, enabled: bool) -> nn.Module:
@@ -334,7 +231,29 @@ def reversible_stage(
     return nn.Sequential(*layers)
 
 
-class RevResNet(FbankResNet):
+class ReversibleNet(FbankResNet):
+    """:class:`FbankResNet` whose stages hold couplings, rebuilt in backward by ``recompute``.
+
+    With ``recompute="unit"`` the ordinary layers around the couplings (the stem and each
+    stage's transition, conv-BN(-ReLU)) go through :func:`svlab.models.units.recomputed`,
+    which keeps their input only, and each coupling's branches are rebuilt unit by unit.
+    ``"branch"`` (default) is svlab's first way, kept to compare. The weights are the same.
+    Example in :func:`set_recompute`.
+    """
+
+    recompute = "branch"
+
+    def frame_features(self, fbank: torch.Tensor) -> torch.Tensor:
+        if self.recompute == "branch":
+            return super().frame_features(fbank)
+        x = recomputed(self.stem, fbank.transpose(1, 2).unsqueeze(1))
+        for stage in self.stages:
+            for layer in stage:
+                x = layer(x) if isinstance(layer, ReversibleSequence) else recomputed(layer, x)
+        return x
+
+
+class RevResNet(ReversibleNet):
     """Reversible ResNet: :class:`svlab.models.ResNet` with couplings in place of basic blocks.
 
     Stem, widths, strides, pooling and embedding are ResNet's. Every basic block becomes a
@@ -361,6 +280,7 @@ class RevResNet(FbankResNet):
         strides: Sequence[int] = (1, 2, 2, 2),
         hidden_ratio: float = 1.0,
         dropout: float = 0.0,
+        recompute: str = "branch",
     ) -> None:
         widths = [base_width * 2**i for i in range(len(depths))]
         stem = nn.Sequential(conv_bn(1, base_width), nn.ReLU())
@@ -377,9 +297,10 @@ class RevResNet(FbankResNet):
         stats_dim = widths[-1] * bins_after(feat_dim, strides)
         super().__init__(stem, stages, stats_dim, embed_dim, pooling)
         self.depths, self.widths, self.strides = list(depths), widths, list(strides)
+        set_recompute(self, recompute)
 
 
-class RevDFResNet(FbankResNet):
+class RevDFResNet(ReversibleNet):
     """Reversible DF-ResNet: :class:`svlab.models.DFResNet` with couplings of inverted
     bottlenecks in place of its blocks.
 
@@ -404,6 +325,7 @@ class RevDFResNet(FbankResNet):
         strides: Sequence[int] = (1, 2, 2, 2),
         expansion: int = 4,
         dropout: float = 0.0,
+        recompute: str = "branch",
     ) -> None:
         if widths is None:
             widths = [base_width * m for m in (1, 1, 2, 4, 8)]
@@ -424,6 +346,7 @@ class RevDFResNet(FbankResNet):
         stats_dim = widths[-1] * bins_after(feat_dim, strides)
         super().__init__(stem, stages, stats_dim, embed_dim, pooling)
         self.depths, self.widths, self.strides = list(depths), list(widths), list(strides)
+        set_recompute(self, recompute)
 
 
 register("rev_resnet18", depths=(2, 2, 2, 2), hidden_ratio=0.75)(RevResNet)
