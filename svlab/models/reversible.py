@@ -236,7 +236,8 @@ class ReversibleNet(FbankResNet):
 
     With ``recompute="unit"`` the ordinary layers around the couplings (the stem and each
     stage's transition, conv-BN(-ReLU)) go through :func:`svlab.models.units.recomputed`,
-    which keeps their input only, and each coupling's branches are rebuilt unit by unit.
+    which keeps only the input of each run of them (the fbank for the stem and the first
+    transition), and each coupling's branches are rebuilt unit by unit.
     ``"branch"`` (default) is svlab's first way, kept to compare. The weights are the same.
     Example in :func:`set_recompute`.
     """
@@ -246,11 +247,15 @@ class ReversibleNet(FbankResNet):
     def frame_features(self, fbank: torch.Tensor) -> torch.Tensor:
         if self.recompute == "branch":
             return super().frame_features(fbank)
-        x = recomputed(self.stem, fbank.transpose(1, 2).unsqueeze(1))
+        x, ordinary = fbank.transpose(1, 2).unsqueeze(1), [self.stem]
         for stage in self.stages:
             for layer in stage:
-                x = layer(x) if isinstance(layer, ReversibleSequence) else recomputed(layer, x)
-        return x
+                if not isinstance(layer, ReversibleSequence):
+                    ordinary.append(layer)
+                    continue
+                x = recomputed(ordinary, x)  # ordinary layers in a row: one chain, one input
+                x, ordinary = layer(x), []
+        return recomputed(ordinary, x) if ordinary else x
 
 
 class RevResNet(ReversibleNet):

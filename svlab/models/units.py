@@ -24,7 +24,7 @@ backward serves ordinary conv-BN(-ReLU) layers (a model's stem and transitions) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -373,7 +373,7 @@ class _Recomputed(torch.autograd.Function):
     """Runs conv-BN(-ReLU) layers saving only their input; backward goes unit by unit."""
 
     @staticmethod
-    def forward(ctx, x, layers, units, preserve_rng_state, *params):
+    def forward(ctx, x, units, preserve_rng_state, *params):
         ctx.units, ctx.params = units, params
         ctx.rng = capture_rng(x.device) if preserve_rng_state else None
         ctx.device, ctx.autocast = x.device, autocast_state(x.device.type)
@@ -388,26 +388,30 @@ class _Recomputed(torch.autograd.Function):
         with replayed_rng(ctx.rng, ctx.device), in_autocast(ctx.autocast):
             dx, totals = chain_vjp(ctx.units, x.detach(), grad_y,
                                    need_input_grad=ctx.needs_input_grad[0])
-        return (dx, None, None, None, *[totals.get(id(p)) for p in ctx.params])
+        return (dx, None, None, *[totals.get(id(p)) for p in ctx.params])
 
 
-def recomputed(layers: nn.Module, x: torch.Tensor, preserve_rng_state: bool = True) -> torch.Tensor:
-    """``layers(x)`` for conv-BN(-ReLU) layers, keeping only ``x`` for backward.
+def recomputed(
+    layers: nn.Module | Sequence[nn.Module], x: torch.Tensor, preserve_rng_state: bool = True
+) -> torch.Tensor:
+    """``layers`` (conv-BN(-ReLU) modules, applied in order) on ``x``, keeping only ``x``.
 
     The layers run as usual in forward (BatchNorm statistics updated once). Backward
-    rebuilds them unit by unit (:func:`chain_vjp`), so instead of a convolution's output,
-    a BatchNorm's and a ReLU's, autograd keeps the input alone. Without autograd it is
-    just ``layers(x)``.
+    rebuilds them unit by unit (:func:`chain_vjp`), so instead of each convolution's,
+    BatchNorm's and ReLU's output autograd keeps the first input alone. Without autograd it
+    is just the layers applied to ``x``.
 
     >>> from svlab.models.resnet import conv_bn
-    >>> _ = torch.manual_seed(0); stem = nn.Sequential(conv_bn(1, 4), nn.ReLU()).double()
-    >>> x = torch.randn(2, 1, 6, 5, dtype=torch.float64, requires_grad=True)
-    >>> lean, = torch.autograd.grad(recomputed(stem, x).sum(), x)
-    >>> plain, = torch.autograd.grad(stem(x).sum(), x)
-    >>> torch.allclose(lean, plain)
+    >>> _ = torch.manual_seed(0); layers = [nn.Sequential(conv_bn(1, 4), nn.ReLU()), conv_bn(4, 2)]
+    >>> x, w = torch.randn(2, 1, 6, 5, requires_grad=True), torch.randn(2, 2, 6, 5)
+    >>> lean, = torch.autograd.grad((recomputed(layers, x) * w).sum(), x)
+    >>> plain, = torch.autograd.grad((nn.Sequential(*layers)(x) * w).sum(), x)
+    >>> torch.allclose(lean, plain, atol=1e-5)
     True
     """
-    params = list(layers.parameters())
+    layers = [layers] if isinstance(layers, nn.Module) else list(layers)
+    units = [unit for layer in layers for unit in units_of(layer)]
+    params = [p for layer in layers for p in layer.parameters()]
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
-        return layers(x)
-    return _Recomputed.apply(x, layers, units_of(layers), preserve_rng_state, *params)
+        return run_units(units, x)
+    return _Recomputed.apply(x, units, preserve_rng_state, *params)
