@@ -197,3 +197,11 @@ def test_ctrl_c_and_a_failed_training_print_one_line(training_corpus, monkeypatc
     assert capsys.readouterr().err == (
         "svlab data: error: loss became nan at step 3 (epoch 1) of 'x'\n"
     )
+
+
+def test_memory_projects_the_unit_wise_rebuild_and_refuses_it_for_vanilla(capsys):
+    assert main(["memory", "--model", "rev_resnet18", "--batch-size", "4", "--recompute",
+                 "unit"]) == 0
+    assert "rev_resnet18, rebuilt by unit" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="for reversible models"):
+        main(["memory", "--model", "resnet18", "--recompute", "unit"])

@@ -49,7 +49,8 @@ def test_hand_counted_step():
 
 def small_step(name: str, batch: int, frames: int):
     torch.manual_seed(0)
-    model = svlab.models.build(name)
+    name, _, recompute = name.partition(":")  # "rev_dfresnet56:unit": the model, rebuilt by unit
+    model = svlab.models.build(name, **({"recompute": recompute} if recompute else {}))
     head = CosineClassifier(model.embed_dim, num_classes=50)
     opt = make_optimizer([*model.parameters(), *head.parameters()], "adam", lr=1e-3)
     x, y = torch.randn(batch, frames, 80), torch.randint(0, 50, (batch,))
@@ -65,7 +66,9 @@ def small_step(name: str, batch: int, frames: int):
 
 
 @pytest.mark.parametrize(
-    "name", ["resnet34", "rev_resnet34", "dfresnet56", "rev_dfresnet56"]
+    "name",
+    ["resnet34", "rev_resnet34", "dfresnet56", "rev_dfresnet56", "rev_resnet34:unit",
+     "rev_dfresnet56:unit"],
 )
 def test_tracker_peak_matches_the_cpu_allocator(name):
     """Full-size models at a small batch: the tracker's extra peak against the allocator's."""

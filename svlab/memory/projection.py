@@ -320,6 +320,9 @@ def sweep(
 
 
 def _run(args) -> int:
+    if args.recompute and not args.model.startswith("rev_"):
+        raise SystemExit(f"svlab memory: --recompute is for reversible models (rev_...), "
+                         f"not {args.model}")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     table = project(
         args.model,
@@ -328,11 +331,13 @@ def _run(args) -> int:
         optimizer=args.optimizer,
         dtype=dtype[args.dtype],
         num_classes=args.num_classes,
+        **({"recompute": args.recompute} if args.recompute else {}),
     )
     table["GiB"] = table["bytes"] / 2**30
-    print(f"{args.model}, batch {args.batch_size} x {args.frames} frames, {args.optimizer}, "
-          f"{args.dtype}: what one training step holds at its peak (projected on the meta "
-          "device: forward, backward and optimizer step)")
+    rebuilt = f", rebuilt by {args.recompute}" if args.recompute else ""
+    print(f"{args.model}{rebuilt}, batch {args.batch_size} x {args.frames} frames, "
+          f"{args.optimizer}, {args.dtype}: what one training step holds at its peak "
+          "(projected on the meta device: forward, backward and optimizer step)")
     print(table[["MiB", "GiB"]].round(3).to_string())
     peak = table["bytes"].sum() / 2**30
     context = CUDA_CONTEXT_BYTES / 2**30
@@ -370,4 +375,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="parameters' and activations' type")
     parser.add_argument("--num-classes", type=int, default=5994, help="training speakers")
+    parser.add_argument("--recompute", choices=["branch", "unit"], default=None,
+                        help="reversible models only: rebuild each coupling's branch at once "
+                        "(svlab's first way, the models' default) or one conv-BN-ReLU unit at a "
+                        "time in batch chunks, the stem and transitions keeping only their input "
+                        "(a lower peak, one more forward pass of each unit)")
     parser.set_defaults(func=_run)

@@ -360,7 +360,8 @@ MEMORY_FAMILIES = {
 
 
 class MemoryPanel:
-    """Batch size, depth, reversible on/off, 8-bit optimizer states on/off: projected bars.
+    """Batch size, depth, reversible on/off (rebuilt by branch or by unit), 8-bit optimizer
+    states on/off: projected bars.
 
     Each change traces one training step of the chosen model on the meta device
     (:func:`svlab.memory.project`: forward, backward and optimizer step, nothing is
@@ -372,6 +373,9 @@ class MemoryPanel:
     >>> panel.eight_bit.value = True
     >>> list(panel.figure.data[0].x)
     ['resnet34, Adam', 'resnet34, Adam 8-bit']
+    >>> panel.reversible.value = True; panel.recompute.value = "unit"
+    >>> list(panel.figure.data[0].x)[1]
+    'rev_resnet34 by unit, Adam 8-bit'
     """
 
     def __init__(
@@ -388,12 +392,18 @@ class MemoryPanel:
         self.optimizer = w.ToggleButtons(options=["SGD", "Adam"], value="Adam",
                                          description="optimizer")
         self.reversible = w.Checkbox(value=False, description="reversible blocks")
+        self.recompute = w.ToggleButtons(
+            options=[("branch at once", "branch"), ("unit by unit", "unit")], value="branch",
+            description="rebuild", disabled=True,
+            tooltips=["svlab's first way: each branch re-run with autograd on",
+                      "one conv-BN-ReLU unit at a time, in batch chunks: a lower floor"],
+        )
         self.eight_bit = w.Checkbox(value=False, description="8-bit optimizer states")
         self.numbers = w.HTML().add_class("svlab-memory-numbers")
         self.view = FigureView(go.Figure(), "svlab-memory")
         self.family.observe(self._on_family, names="value")
         for control in (self.depth, self.batch_size, self.optimizer, self.reversible,
-                        self.eight_bit):
+                        self.recompute, self.eight_bit):
             control.observe(lambda change: self.refresh(), names="value")
         self.refresh()
 
@@ -411,14 +421,17 @@ class MemoryPanel:
     def refresh(self) -> None:
         """Project the standard and the chosen setting and redraw the bars."""
         self.numbers.value = "<i>tracing one training step on the meta device...</i>"
+        self.recompute.disabled = not self.reversible.value
         tables = {}
         for reversible, eight_bit in ((False, False), (self.reversible.value,
                                                        self.eight_bit.value)):
             name, optimizer = self.setting(reversible, eight_bit)
-            label = f"{name}, {self.optimizer.value}{' 8-bit' if eight_bit else ''}"
+            rebuild = {"recompute": self.recompute.value} if reversible else {}
+            grain = " by unit" if rebuild.get("recompute") == "unit" else ""
+            label = f"{name}{grain}, {self.optimizer.value}{' 8-bit' if eight_bit else ''}"
             tables[label] = project(
                 name, batch_size=self.batch_size.value, frames=self.frames,
-                optimizer=optimizer, num_classes=self.num_classes,
+                optimizer=optimizer, num_classes=self.num_classes, **rebuild,
             )
         self.view.figure = memory_figure(tables, GPU_2080TI_BYTES)
         self.view.show()
@@ -438,7 +451,8 @@ class MemoryPanel:
     def widget(self) -> w.Widget:
         """The panel as one widget, built once (a container per display is collected, closed)."""
         controls = w.VBox([self.family, self.depth, self.batch_size, self.optimizer,
-                           self.reversible, self.eight_bit], layout=w.Layout(flex="0 1 auto"))
+                           self.reversible, self.recompute, self.eight_bit],
+                          layout=w.Layout(flex="0 1 auto"))
         bars = w.VBox([w.HTML(CSS), self.numbers, self.view.output],
                       layout=w.Layout(flex="1 1 480px", min_width="300px"))
         return w.HBox([controls, bars], layout=w.Layout(flex_flow="row wrap", width="100%"))
