@@ -114,6 +114,8 @@ def _placed_rir(
 
 
 def _write(path: Path, wave: np.ndarray, peak: float) -> None:
+    if not np.abs(wave).max() > 0:
+        raise RuntimeError(f"the stand-in {path.name} came out silent: draw longer files")
     path.parent.mkdir(parents=True, exist_ok=True)
     scaled = np.round(wave * (peak * 32767 / np.abs(wave).max())).astype(np.int16)
     soundfile.write(path, scaled, SAMPLE_RATE, subtype="PCM_16")
@@ -170,6 +172,8 @@ def write_noise_set(
     >>> sorted(p.relative_to(root).as_posix() for p in root.rglob("*.wav"))[:2]
     ['music/synthetic/music-synthetic-0000.wav', 'noise/synthetic/noise-synthetic-0000.wav']
     """
+    if not 0.5 <= seconds[0] <= seconds[1]:
+        raise ValueError(f"seconds must be a range from 0.5 s up, got {seconds}")
     settings = {"kind": "musan", "seed": seed, "files": files, "seconds": list(seconds)}
 
     def build(folder: Path) -> None:
