@@ -154,14 +154,18 @@ def mix_at_snr(speech: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torc
 
 def reverberate(wave: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
     """``wave`` through the room ``rir``, aligned on its direct path (its largest tap), so the
-    speech stays where it was, at the power ``wave`` had (as Kaldi's reverberation does).
+    speech stays where it was, at the power ``wave`` had (as Kaldi's reverberation does). The
+    linear convolution is one FFT product at a power-of-2 length (``torchaudio``'s
+    ``fftconvolve`` takes the exact length, whose FFTs were 2-3x slower here).
 
     >>> rir = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.5])
     >>> [round(x, 4) for x in reverberate(torch.tensor([1.0, 0.0, 0.0, 0.0]), rir).tolist()]
     [0.8944, 0.0, 0.4472, 0.0]
     """
     direct = int(rir.abs().argmax())
-    wet = torchaudio.functional.fftconvolve(wave, rir)[direct : direct + wave.numel()]
+    size = 1 << (wave.numel() + rir.numel() - 2).bit_length()  # a power of 2: 2-3x faster FFTs
+    spectrum = torch.fft.rfft(wave, size) * torch.fft.rfft(rir.to(wave.dtype), size)
+    wet = torch.fft.irfft(spectrum, size)[direct : direct + wave.numel()]
     power = wet.pow(2).sum()
     return wet * (wave.pow(2).sum() / power).sqrt() if power > 0 else wet
 
