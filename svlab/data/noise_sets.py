@@ -132,6 +132,9 @@ def _fresh(root: Path, settings: dict, overwrite: bool, build) -> Path:
     try:
         build(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if is_current(root, settings) and not overwrite:  # another process made it meanwhile
+            shutil.rmtree(tmp)
+            return root
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
