@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: lab test test-fast notebooks notebooks-other-kernels lint corpus weights checkpoints bench \
+.PHONY: lab test test-fast notebooks notebooks-other-kernels lint corpus augment-sets weights \
+	checkpoints bench \
 	assignments book app clean
 
 $(INSTALLED): pyproject.toml
@@ -27,6 +28,11 @@ corpus: $(INSTALLED)
 	@echo "svlab: the offline ci corpus (generated once, 2-3 minutes on 2 cores)"
 	$(BIN)/svlab data synth --profile ci
 
+# Offline stand-ins for MUSAN and RIRS_NOISES (data/musan-ci, data/rirs-ci), what the ci and laptop
+# profiles augment with: a few seconds, kept while current.
+augment-sets: $(INSTALLED)
+	$(BIN)/svlab data augment-sets --profile ci
+
 # JupyterLab refuses to start as root without --allow-root; containers and course servers
 # often run as root, so it is passed then, and only then. jupyter/settings/overrides.json turns
 # off JupyterLab's news and update notifications, whose pop-up would cover the lessons' figures
@@ -43,7 +49,7 @@ lint: $(INSTALLED)
 # The notebooks run twice, side by side on the two cores: with this CPU's own kernels, and with
 # ATen's portable kernels and oneDNN held to SSE4.1, whose scores differ around 1e-7, as another
 # machine's do. The checked outputs must hold under both (svlab/checks.py says how).
-test: $(INSTALLED) corpus weights lint
+test: $(INSTALLED) corpus augment-sets weights lint
 	if [ "$$CI" = "true" ]; then bash scripts/install_browser.sh; fi
 	$(BIN)/pytest tests svlab
 	$(MAKE) --no-print-directory -j2 --output-sync=target notebooks notebooks-other-kernels
@@ -55,7 +61,7 @@ notebooks-other-kernels: $(INSTALLED) corpus weights
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
 	  $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
-test-fast: $(INSTALLED) corpus weights
+test-fast: $(INSTALLED) corpus augment-sets weights
 	$(BIN)/pytest -m "not slow" tests svlab
 
 checkpoints: $(INSTALLED) corpus
@@ -74,4 +80,4 @@ app: $(INSTALLED) corpus
 	$(BIN)/python -m svlab.course app
 
 clean:
-	rm -rf $(VENV) data/corpus-ci build .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/corpus-ci data/musan-ci data/rirs-ci build .pytest_cache .ruff_cache

@@ -18,3 +18,13 @@ def training_corpus(tmp_path_factory):
         test_seconds=(0.4, 0.6),
         trials_per_utterance=2,
     )
+
+
+@pytest.fixture(scope="session")
+def augment_sets(tmp_path_factory):
+    """Small offline MUSAN and RIRS_NOISES stand-ins, ``(musan, rirs)``; read only."""
+    from svlab.data.noise_sets import write_noise_set, write_rir_set
+
+    root = tmp_path_factory.mktemp("augment")
+    musan = write_noise_set(root / "musan", files=4, seconds=(0.5, 1.5))
+    return musan, write_rir_set(root / "rirs", rooms=1, rirs_per_room=2)

@@ -19,6 +19,7 @@ from svlab.data.dataset import (
     fit_length,
     load_utterances,
 )
+from svlab.data.noise_sets import write_noise_set, write_rir_set
 from svlab.data.synth import synthesize_corpus
 from svlab.data.voxceleb import (
     CorpusError,
@@ -54,6 +55,8 @@ __all__ = [
     "split_speakers",
     "synthesize_corpus",
     "wav_dir",
+    "write_noise_set",
+    "write_rir_set",
     "write_train_list",
 ]
 
@@ -152,6 +155,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _augment_sets(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile)
+    started = time.perf_counter()
+    musan = write_noise_set(args.musan or profile.musan_root, seed=profile.seed,
+                            overwrite=args.force)  # fmt: skip
+    rirs = write_rir_set(args.rirs or profile.rirs_root, seed=profile.seed, overwrite=args.force)
+    for root in (musan, rirs):
+        print(f"{root}: {sum(1 for _ in root.rglob('*.wav'))} wav files")
+    print(f"in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     path = write_train_list(args.root, args.output)
     print(f"wrote {sum(1 for _ in path.open())} utterances to {path}")
@@ -159,7 +174,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``svlab data synth|check|list``.
+    """Add ``svlab data synth|augment-sets|check|list``.
 
     >>> parser = argparse.ArgumentParser(); register_cli(parser.add_subparsers())
     >>> parser.parse_args(["data", "check", "/x"]).root
@@ -196,6 +211,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     synth.add_argument("--force", action="store_true", help="replace an existing corpus")
     synth.set_defaults(func=_synth)
+
+    sets = commands.add_parser(
+        "augment-sets",
+        help="generate the offline MUSAN and RIRS_NOISES stand-ins of a profile",
+        description="Generate the stand-in noise set (MUSAN layout: noise/, music/, speech/) and "
+        "simulated room impulse responses (RIRS_NOISES layout: simulated_rirs/) that the ci and "
+        "laptop profiles augment with (see data/README.md); a current set is kept.",
+    )
+    sets.add_argument("--profile", default=None, choices=["ci", "laptop"],
+                      help="whose seed and folders (default: $SVLAB_PROFILE or ci)")  # fmt: skip
+    sets.add_argument("--musan", help="where to write the noise set (default: the profile's)")
+    sets.add_argument("--rirs", help="where to write the responses (default: the profile's)")
+    sets.add_argument("--force", action="store_true", help="make them again even if current")
+    sets.set_defaults(func=_augment_sets)
 
     check = commands.add_parser(
         "check",

@@ -1,4 +1,4 @@
-"""The ci / laptop / gpu profiles: which corpus a run reads, where it lives, how it is made."""
+"""The ci / laptop / gpu profiles: which corpus (and noise sets) a run reads, where, made how."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from svlab.data.noise_sets import write_noise_set, write_rir_set
 from svlab.data.pairs import LARGE_TRIALS, write_large_trials
 from svlab.data.synth import VERSION, synthesize_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+MUSAN_STAND_IN = REPO_ROOT / "data" / "musan-ci"
+RIRS_STAND_IN = REPO_ROOT / "data" / "rirs-ci"
 
 
 @dataclass(frozen=True)
@@ -21,13 +24,17 @@ class Profile:
 
     ``synth`` holds the keyword arguments of :func:`svlab.data.synthesize_corpus` for the
     offline corpus; it is ``None`` for a real corpus (VoxCeleb), whose root is given by the
-    ``SVLAB_DATA`` environment variable.
+    ``SVLAB_DATA`` environment variable. ``musan_root`` and ``rirs_root`` are the MUSAN and
+    RIRS_NOISES folders augmentation reads (``SVLAB_MUSAN``, ``SVLAB_RIRS``); the ci and laptop
+    profiles default to the offline stand-ins of :mod:`svlab.data.noise_sets`.
     """
 
     name: str
     data_root: Path
     synth: dict | None = field(default_factory=dict)
     seed: int = 0
+    musan_root: Path = MUSAN_STAND_IN
+    rirs_root: Path = RIRS_STAND_IN
 
     def ensure_corpus(self) -> Path:
         """Return the corpus root, (re)generating the offline corpus there if it is absent or stale.
@@ -47,6 +54,23 @@ class Profile:
         elif not (self.data_root / "trials" / LARGE_TRIALS).is_file():
             write_large_trials(self.data_root)  # a corpus made before the list existed
         return self.data_root
+
+    def ensure_augment_sets(self) -> tuple[Path, Path]:
+        """Return ``(musan_root, rirs_root)``, making the offline stand-ins there first when
+        they are the stand-ins' folders and absent or stale; a real folder that is not there
+        raises ``FileNotFoundError`` saying how to point at one."""
+        for root, default, write, variable in (
+            (self.musan_root, MUSAN_STAND_IN, write_noise_set, "SVLAB_MUSAN"),
+            (self.rirs_root, RIRS_STAND_IN, write_rir_set, "SVLAB_RIRS"),
+        ):
+            if root == default:
+                write(root, seed=self.seed)
+            elif not root.is_dir():
+                raise FileNotFoundError(
+                    f"profile {self.name!r} augments from {root}, which does not exist: set "
+                    f"{variable} to the folder (see data/README.md)"
+                )
+        return self.musan_root, self.rirs_root
 
     def corpus_settings(self) -> dict:
         """The settings ``meta.json`` records for this profile's synthetic corpus.
@@ -104,14 +128,23 @@ def get_profile(name: str | None = None) -> Profile:
     'ci'
     """
     name = name or os.environ.get("SVLAB_PROFILE", "ci")
+    stand_ins = {
+        "musan_root": Path(os.environ.get("SVLAB_MUSAN", MUSAN_STAND_IN)),
+        "rirs_root": Path(os.environ.get("SVLAB_RIRS", RIRS_STAND_IN)),
+    }
+    real = {
+        "musan_root": Path(os.environ.get("SVLAB_MUSAN", REPO_ROOT / "data" / "musan")),
+        "rirs_root": Path(os.environ.get("SVLAB_RIRS", REPO_ROOT / "data" / "RIRS_NOISES")),
+    }
     profiles = {
-        "ci": Profile("ci", _data_root("corpus-ci"), synth={}),
+        "ci": Profile("ci", _data_root("corpus-ci"), synth={}, **stand_ins),
         "laptop": Profile(
             "laptop",
             _data_root("corpus-laptop"),
             synth={"n_train_speakers": 200, "n_test_speakers": 40, "utterances_per_session": 5},
+            **stand_ins,
         ),
-        "gpu": Profile("gpu", _data_root("voxceleb"), synth=None),
+        "gpu": Profile("gpu", _data_root("voxceleb"), synth=None, **real),
     }
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(profiles)}")

@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from svlab.data.audio import load_audio
+from svlab.data.augment import Augmenter
 from svlab.data.voxceleb import read_train_list, wav_dir
 from svlab.features import featurize
 
 SAMPLE_RATE = 16000
 PRELOAD_LIMIT_BYTES = 256 * 2**20
+AUGMENT_KEY = 0xA06  # tags the augmentation draws, a stream apart from the crops' own
 
 
 def crop_samples(frames: int = 200, sample_rate: int = SAMPLE_RATE) -> int:
@@ -81,6 +83,13 @@ class SpeakerCrops(Dataset):
     on. ``preload`` keeps the audio in memory (default: when it has no ``features`` and its
     files hold under 256 MB). ``speakers`` names the labels (``speakers[label]``).
 
+    ``augment`` (an :class:`svlab.data.augment.Augmenter`) changes each crop: noise,
+    reverberation and speed on the audio (so it needs no ``features``), masks on its
+    features; crop ``j`` of global batch ``b`` draws from ``(seed, e, b, j)`` alone, item ``i``
+    from ``(seed, e, i)``, so the guarantees above hold. With several ``speeds`` each speed is a
+    new set of labels (``n_speakers`` grows by that factor; speaker ``sp0.9-<name>`` is label
+    ``label + n_base`` for speed index 1). Without it every crop is as before.
+
     >>> import tempfile, pathlib, soundfile
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> (root / "wav" / "id00001" / "s").mkdir(parents=True)
@@ -103,6 +112,7 @@ class SpeakerCrops(Dataset):
         front_end: str = "kaldi",
         speakers: list[str] | None = None,
         preload: bool | None = None,
+        augment: Augmenter | None = None,
     ) -> None:
         if not paths:
             raise ValueError("no training utterances")
@@ -113,9 +123,18 @@ class SpeakerCrops(Dataset):
         self.paths, self.labels = list(paths), torch.tensor(labels)
         self.crop_frames, self.seed, self.epoch = crop_frames, seed, 0
         self.features, self.dither, self.front_end = features, dither, front_end
-        self.speakers = speakers or [str(i) for i in range(self.n_speakers)]
-        if len(self.speakers) != self.n_speakers:
-            raise ValueError(f"{len(self.speakers)} speaker names for {self.n_speakers} labels")
+        self.n_base = int(self.labels.max()) + 1
+        names = speakers or [str(i) for i in range(self.n_base)]
+        if len(names) != self.n_base:
+            raise ValueError(f"{len(names)} speaker names for {self.n_base} labels")
+        self.augment = augment if augment is not None and augment.settings.active else None
+        if self.augment is not None and self.augment.settings.on_audio and features is not None:
+            raise ValueError(
+                "noise, reverberation and speed augment the audio: pass no precomputed features "
+                "(precompute_features = false)"
+            )
+        speeds = self.augment.settings.speeds if self.augment is not None else (1.0,)
+        self.speakers = [n if f == 1.0 else f"sp{f}-{n}" for f in speeds for n in names]
         if preload is None:
             preload = features is None and (
                 sum(p.stat().st_size for p in self.paths) < PRELOAD_LIMIT_BYTES
@@ -133,6 +152,7 @@ class SpeakerCrops(Dataset):
         front_end: str = "kaldi",
         train_list: str = "train.txt",
         preload: bool | None = None,
+        augment: Augmenter | None = None,
     ) -> SpeakerCrops:
         """Read ``root/train_list`` (``<speaker> <path under wav/>`` per line).
 
@@ -159,12 +179,15 @@ class SpeakerCrops(Dataset):
                     featurize(load_audio(p), front_end, cmn=False)[0].half() for p in paths
                 ]
             features = FEATURE_CACHE[key]
-        return cls(paths, labels, crop_frames, seed, features, dither, front_end, names, preload)
+        return cls(
+            paths, labels, crop_frames, seed, features, dither, front_end, names, preload, augment
+        )
 
     @property
     def n_speakers(self) -> int:
-        """The number of training speakers (labels run from 0 to ``n_speakers - 1``)."""
-        return int(self.labels.max()) + 1
+        """The number of training labels, from 0 to ``n_speakers - 1``: ``n_base`` speakers
+        times the number of augmentation speeds."""
+        return len(self.speakers)
 
     @property
     def samples(self) -> int:
@@ -200,7 +223,11 @@ class SpeakerCrops(Dataset):
         )
         chosen, starts = chosen[rank::world], starts[rank::world]
         noise = _generator(self.seed, epoch, index, rank) if self.dither else None
-        return self._features(chosen.tolist(), starts.tolist(), noise), self.labels[chosen]
+        if self.augment is None:
+            return self._features(chosen.tolist(), starts.tolist(), noise), self.labels[chosen]
+        draws = [_generator(self.seed, epoch, index, j, AUGMENT_KEY)
+                 for j in range(batch_size)][rank::world]  # fmt: skip
+        return self._augmented(chosen.tolist(), starts.tolist(), draws, noise)
 
     def centre_crops(self, indices: list[int]) -> torch.Tensor:
         """fbank ``[len(indices), crop_frames, F]`` of the middle of each utterance, no dither.
@@ -219,7 +246,10 @@ class SpeakerCrops(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         start = torch.rand(1, generator=_generator(self.seed, self.epoch, i), dtype=torch.float64)
-        return _crop(self._wave(i), self.samples, float(start)), int(self.labels[i])
+        if self.augment is None or not self.augment.settings.on_audio:
+            return _crop(self._wave(i), self.samples, float(start)), int(self.labels[i])
+        draws = _generator(self.seed, self.epoch, i, AUGMENT_KEY)
+        return self._augmented_wave(i, float(start), draws)
 
     def _wave(self, i: int) -> torch.Tensor:
         return self.waves[i] if self.waves is not None else load_audio(self.paths[i])
@@ -236,9 +266,32 @@ class SpeakerCrops(Dataset):
             )
             return feats - feats.mean(dim=1, keepdim=True)
         waves = torch.stack([_crop(self._wave(i), self.samples, s) for i, s in pairs])
+        return self._featurize(waves, noise)
+
+    def _featurize(self, waves: torch.Tensor, noise: torch.Generator | None) -> torch.Tensor:
         if noise is not None:
             waves = waves + torch.randn(waves.shape, generator=noise) * (self.dither / 2**15)
         return featurize(waves, self.front_end)
+
+    def _augmented_wave(self, i: int, start: float, draws: torch.Generator) -> tuple:
+        """An augmented crop of utterance ``i`` and its label (its speed's set of labels)."""
+        wave = self._wave(i)
+        crop, k = self.augment.audio(lambda n: _crop(wave, n, start), self.samples, draws)
+        return crop, int(self.labels[i]) + k * self.n_base
+
+    def _augmented(
+        self, indices: list[int], starts: list[float], draws: list, noise: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fbank and labels of augmented crops; crop ``j`` draws from ``draws[j]``."""
+        if self.augment.settings.on_audio:
+            triples = zip(indices, starts, draws, strict=True)
+            crops = [self._augmented_wave(i, s, g) for i, s, g in triples]
+            feats = self._featurize(torch.stack([c for c, _ in crops]), noise)
+            labels = torch.tensor([label for _, label in crops])
+        else:
+            feats, labels = self._features(indices, starts, noise), self.labels[indices]
+        masked = [self.augment.features(f, g) for f, g in zip(feats, draws, strict=True)]
+        return torch.stack(masked), labels
 
 
 def _example_crops() -> SpeakerCrops:

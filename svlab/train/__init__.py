@@ -1,7 +1,8 @@
 """Training speaker-embedding models with AAM-softmax: config, heads, loop, resume, DDP, CLI.
 
 ``config`` (``TrainConfig``, TOML and ``--set``), ``schedule`` (learning rate), ``heads``
-(the AAM head, imprinting), ``distributed`` (torchrun, global BatchNorm), ``state`` (resumable
+(the AAM head, imprinting, a saved model's head), ``crops`` (the crops a config asks for,
+augmented or not), ``distributed`` (torchrun, global BatchNorm), ``state`` (resumable
 checkpoints), ``loop`` (``train()``), ``cli`` (``svlab train``, quantization hooks). The crops
 come from :class:`svlab.data.SpeakerCrops`.
 """

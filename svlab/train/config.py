@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svlab.data.augment import Augmentation, AugmentError
 from svlab.profiles import REPO_ROOT, get_profile
 
 # names other trainers use for a setting: what an unknown key suggests
@@ -39,7 +40,9 @@ class TrainConfig:
     Epochs are passes over the training utterances, one random crop of ``crop_frames`` fbank
     frames from each. The learning rate rises linearly over ``warmup_epochs`` and decays
     exponentially from ``lr`` to ``final_lr`` over the run; the AAM margin rises linearly
-    from 0 to ``margin`` between ``margin_start_epoch`` and ``margin_end_epoch``.
+    from 0 to ``margin`` between ``margin_start_epoch`` and ``margin_end_epoch``. ``augment``
+    (a recipe's ``[augment]`` table) holds :class:`svlab.data.augment.Augmentation`'s keys;
+    empty, crops are not augmented.
 
     >>> cfg = TrainConfig(epochs=2, lr=0.05)
     >>> cfg.optimizer, cfg.batch_size, cfg.margin
@@ -86,6 +89,7 @@ class TrainConfig:
     quantize_bits: int = 0  # 1..8: quantize every weight, fine-tune through it (svlab train)
     quantize_granularity: str = "tensor"  # tensor | channel (svlab.quant.quantize_model)
     quantize_method: str = "kmeans"  # kmeans | uniform
+    augment: dict[str, Any] = field(default_factory=dict)  # svlab.data.augment.Augmentation
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -110,6 +114,11 @@ class TrainConfig:
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, allowed):
                 raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
             converted[key] = float(value) if kind is float else value
+        if "augment" in converted:
+            try:
+                Augmentation.from_dict(converted["augment"], source=f"{source}: augment")
+            except AugmentError as err:
+                raise ConfigError(str(err)) from err
         return cls(**converted)
 
     @classmethod

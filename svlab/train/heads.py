@@ -69,6 +69,29 @@ def imprint_head(
     )
 
 
+def pretrained_head(trained: AAMSoftmax | None, crops: SpeakerCrops) -> AAMSoftmax | str:
+    """The head to fine-tune a saved model with: its own ``trained`` head when it has one row
+    per label of ``crops``; its first ``crops.n_speakers`` rows when it has a whole multiple of
+    them (a head trained with speed perturbation, whose unperturbed labels come first, now
+    fine-tuned without it, as the large-margin stage is); else ``"imprint"``.
+
+    >>> from pathlib import Path
+    >>> crops = SpeakerCrops([Path("a.wav")] * 2, [0, 1], features=[torch.zeros(8, 80)] * 2)
+    >>> pretrained_head(AAMSoftmax(4, 6), crops).weight.shape, pretrained_head(None, crops)
+    (torch.Size([2, 4]), 'imprint')
+    """
+    if trained is None:
+        return "imprint"
+    rows, labels = trained.weight.shape[0], crops.n_speakers
+    if rows == labels:
+        return trained
+    if rows % labels == 0:
+        head = AAMSoftmax(trained.weight.shape[1], labels, trained.scale, trained.margin)
+        head.weight.data.copy_(trained.weight.data[:labels])
+        return head
+    return "imprint"
+
+
 def training_head(
     head: AAMSoftmax | str | None, model: nn.Module, crops: SpeakerCrops, cfg: TrainConfig
 ) -> AAMSoftmax:

@@ -24,13 +24,14 @@ from svlab.models import build
 from svlab.optim import make_optimizer
 from svlab.profiles import get_profile, seed_everything
 from svlab.train.config import ConfigError, TrainConfig
+from svlab.train.crops import training_crops
 from svlab.train.distributed import (
     pick_device,
     setup_distributed,
     sync_batchnorm,
     use_global_batchnorm,
 )
-from svlab.train.heads import SpeakerClassifier, training_head
+from svlab.train.heads import SpeakerClassifier, pretrained_head, training_head
 from svlab.train.schedule import learning_rate
 from svlab.train.state import TrainingInterrupted, hold_ctrl_c, restore_state, save_state
 
@@ -146,8 +147,7 @@ def _starting_model(
 
         model, trained, name, overrides, _ = read_pretrained(cfg.init_from)
         if head is None:  # its own head if it was trained on these speakers, else imprint one
-            fits = trained is not None and trained.weight.shape[0] == crops.n_speakers
-            head = trained if fits else "imprint"
+            head = pretrained_head(trained, crops)
     if prepare is not None:
         model = prepare(model)
     return model, head, name, overrides
@@ -371,7 +371,9 @@ def train(
     (:func:`svlab.checkpoint.load_model` reads it; the head is kept beside the encoder).
     ``cfg.init_from`` starts from a saved model, svlab's or a wespeaker / SpeechBrain one
     (:func:`svlab.models.pretrained.read_pretrained`; and its head, when it was trained on the
-    same speakers; else an imprinted one; crops then come from the model's own front end).
+    same speakers, :func:`svlab.train.heads.pretrained_head`; else an imprinted one; crops then
+    come from the model's own front end). ``cfg.augment`` augments the crops
+    (:func:`svlab.train.crops.training_crops`).
 
     Two hooks let other packages build on the loop without it importing them:
     ``prepare(model) -> model`` changes the model train builds before its head and optimizer
@@ -410,9 +412,7 @@ def train(
     root = _corpus_root(cfg, rank, world)
     trials = Path(cfg.eval_trials)  # a validation file that is not there fails now, not later
     read_trials(trials if trials.is_file() else root / "trials" / trials, wav_root=root)
-    crops = SpeakerCrops.from_corpus(
-        root, cfg.crop_frames, cfg.seed, cfg.precompute_features, cfg.dither
-    )
+    crops = training_crops(cfg, root)
     steps_per_epoch, total, stop = _step_counts(cfg, crops, world)
     built = None
     if model is None:
@@ -420,9 +420,7 @@ def train(
         built = (name, overrides)
     front_end = front_end_of(model)
     if front_end != crops.front_end:  # e.g. a SpeechBrain model: crops of its own features
-        crops = SpeakerCrops.from_corpus(
-            root, cfg.crop_frames, cfg.seed, cfg.precompute_features, cfg.dither, front_end
-        )
+        crops = training_crops(cfg, root, front_end)
     head = training_head(head, model, crops, cfg)
     net = SpeakerClassifier(model, head).to(device)
     if world > 1 and cfg.sync_batchnorm:
