@@ -1,5 +1,6 @@
 """Training memory: the whole step's peak, traced and projected, against the CPU allocator;
-vanilla + fp32 optimizer vs reversible + 8-bit at the paper's setting; recomputation cost."""
+vanilla + fp32 optimizer vs reversible + 8-bit at the paper's setting, rebuilt by branch and
+by unit; mixed precision; recomputation cost."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from svlab.memory import (
 )
 from svlab.memory.saved_tensors import SavedTensorRecorder
 from svlab.memory.step import allocator_peak, trace_step
-from svlab.models.reversible import set_memory_saving
+from svlab.models.reversible import set_memory_saving, set_recompute
 from svlab.optim import make_optimizer
 from svlab.profiles import seed_everything
 
@@ -47,9 +48,11 @@ def peak_against_allocator(names, batch: int, frames: int, speakers: int = 100) 
     allocator's extra peak (profiler memory events) beside the tracker's, the meta-device
     projection's, and what svlab counted before (the tensors saved in forward)."""
     rows = []
-    for name in names:
+    for spec in names:
         seed_everything(0)
-        model = svlab.models.build(name)
+        name, _, grain = spec.partition(":")  # "rev_dfresnet56:unit": rebuilt by unit
+        rebuild = {"recompute": grain} if grain else {}
+        model = svlab.models.build(name, **rebuild)
         head = CosineClassifier(model.embed_dim, speakers)
         opt = make_optimizer([*model.parameters(), *head.parameters()], "adam", lr=1e-3)
         x, y = torch.randn(batch, frames, 80), torch.randint(0, speakers, (batch,))
@@ -63,11 +66,11 @@ def peak_against_allocator(names, batch: int, frames: int, speakers: int = 100) 
         opt.zero_grad(set_to_none=True)
         allocator = allocator_peak(step, "cpu")
         traced = trace_step(model, opt, x, y, loss_fn=head)
-        projected = project_step(name, batch, frames, "adam", num_classes=speakers)
+        projected = project_step(name, batch, frames, "adam", num_classes=speakers, **rebuild)
         with SavedTensorRecorder(exclude=[*model.parameters(), *model.buffers()]) as saved:
             head(model(x), y)
         rows.append({
-            "model": name, "batch": f"{batch} x {frames} x 80",
+            "model": spec, "batch": f"{batch} x {frames} x 80",
             "allocator_extra_peak_MiB": allocator / MiB,
             "traced_extra_peak_MiB": traced.extra_peak_bytes / MiB,
             "projected_extra_peak_MiB": projected.extra_peak_bytes / MiB,
@@ -99,19 +102,21 @@ def reversible_peak_by_depth(twins, batches) -> list[dict]:
 
 def total_memory(twins) -> list[dict]:
     """Projected step peak at the paper's setting: vanilla with fp32 states vs reversible with
-    8-bit states, for Adam and for SGD with momentum."""
+    8-bit states (rebuilt by branch, and by unit), for Adam and for SGD with momentum."""
     rows = []
     for vanilla, reversible, depth in twins:
         for fp32, eight_bit in (("adam", "adam8bit"), ("sgd", "sgd8bit")):
             a = project(vanilla, optimizer=fp32, **PAPER)
             b = project(reversible, optimizer=eight_bit, **PAPER)
+            c = project(reversible, optimizer=eight_bit, recompute="unit", **PAPER)
             row = {"depth": depth, "vanilla": f"{vanilla} + {fp32}",
                    "reversible": f"{reversible} + {eight_bit}"}
-            for label, table in (("vanilla", a), ("reversible", b)):
+            for label, table in (("vanilla", a), ("reversible", b), ("by unit", c)):
                 row.update({f"{label} {k}": v for k, v in composition(table).items()})
                 row[f"{label}_peak_GiB"] = table["bytes"].sum() / GiB
                 row[f"{label}_fits_2080Ti"] = fits(table, GPU_2080TI_BYTES)
             row["saving_x"] = row["vanilla_peak_GiB"] / row["reversible_peak_GiB"]
+            row["saving_by_unit_x"] = row["vanilla_peak_GiB"] / row["by unit_peak_GiB"]
             rows.append(row)
     return rows
 
@@ -148,10 +153,13 @@ def recomputation_overhead(twins, repeats: int, small: dict, batch: int, frames:
         seed_everything(0)
         rev = svlab.models.build(reversible, **small)
         cached = set_memory_saving(copy.deepcopy(rev), False)
+        unit = set_recompute(copy.deepcopy(rev), "unit")
         exact = flat_gradients(copy.deepcopy(cached).double(), fbank.double())
         grad_rev, grad_cached = flat_gradients(rev, fbank), flat_gradients(cached, fbank)
+        grad_unit = flat_gradients(unit, fbank)
         times = step_times(
-            {"recompute": rev, "cache": cached, "vanilla": svlab.models.build(vanilla, **small)},
+            {"recompute": rev, "unit": unit, "cache": cached,
+             "vanilla": svlab.models.build(vanilla, **small)},
             fbank,
             repeats,
         )
@@ -162,16 +170,44 @@ def recomputation_overhead(twins, repeats: int, small: dict, batch: int, frames:
                 "setting": f"base_width {small['base_width']}, {batch} x {frames} x "
                 f"{small['feat_dim']}, CPU 1 thread",
                 "step_ms_recompute": 1000 * times["recompute"],
+                "step_ms_by_unit": 1000 * times["unit"],
                 "step_ms_cache": 1000 * times["cache"],
                 "step_ms_vanilla_twin": 1000 * times["vanilla"],
                 "overhead_vs_cache": times["recompute"] / times["cache"],
                 "overhead_vs_vanilla": times["recompute"] / times["vanilla"],
+                "by_unit_vs_by_branch": times["unit"] / times["recompute"],
+                "by_unit_vs_vanilla": times["unit"] / times["vanilla"],
                 "fp32_recompute_vs_cache_max_diff": (grad_rev - grad_cached).abs().max().item()
                 / scale,
                 "fp32_recompute_vs_fp64_max_diff": (grad_rev - exact).abs().max().item() / scale,
                 "fp32_cache_vs_fp64_max_diff": (grad_cached - exact).abs().max().item() / scale,
+                "fp32_by_unit_vs_fp64_max_diff": (grad_unit - exact).abs().max().item() / scale,
             }
         )
+    return rows
+
+
+def mixed_precision(specs, batch: int, frames: int, speakers: int = 100) -> list[dict]:
+    """A real CPU training step (full-size models, Adam) traced in float32 and under CPU
+    autocast to bfloat16, vanilla and reversible alike: the same batch, the same step."""
+    rows = []
+    for spec in specs:
+        name, _, grain = spec.partition(":")
+        peaks = {}
+        for dtype in ("float32", "bfloat16"):
+            seed_everything(0)
+            model = svlab.models.build(name, **({"recompute": grain} if grain else {}))
+            head = CosineClassifier(model.embed_dim, speakers)
+            opt = make_optimizer([*model.parameters(), *head.parameters()], "adam", lr=1e-3)
+            x, y = torch.randn(batch, frames, 80), torch.randint(0, speakers, (batch,))
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+            with autocast:
+                trace_step(model, opt, x, y, loss_fn=head)  # warm-up: Adam's states exist
+                peaks[dtype] = trace_step(model, opt, x, y, loss_fn=head).extra_peak_bytes
+        rows.append({"model": spec, "batch": f"{batch} x {frames} x 80",
+                     "fp32_extra_peak_MiB": peaks["float32"] / MiB,
+                     "bf16_autocast_extra_peak_MiB": peaks["bfloat16"] / MiB,
+                     "bf16_over_fp32": peaks["bfloat16"] / peaks["float32"]})
     return rows
 
 
@@ -232,9 +268,10 @@ def main() -> None:
         "machine": platform.platform(),
         "torch": torch.__version__,
     }
-    measured = ["resnet34", "rev_resnet34", "dfresnet56", "rev_dfresnet56"]
+    measured = ["resnet34", "rev_resnet34", "rev_resnet34:unit", "dfresnet56", "rev_dfresnet56",
+                "rev_dfresnet56:unit"]
     if not args.quick:
-        measured += ["dfresnet110", "rev_dfresnet110"]
+        measured += ["dfresnet110", "rev_dfresnet110", "rev_dfresnet110:unit"]
     results["peak_vs_allocator"] = peak_against_allocator(measured, batch=2, frames=200)
     show("One CPU training step (Adam): extra peak, allocator vs traced vs projected (MiB)",
          results["peak_vs_allocator"])
@@ -244,9 +281,17 @@ def main() -> None:
     show("Projected step peak by depth and batch, fp32 Adam (GiB)", results["reversible_by_depth"])
     results["total_memory"] = total_memory(twins)
     show(
-        "Step peak at batch 128 x 200 x 80: vanilla + fp32 states vs reversible + 8-bit (GiB)",
-        [{k: v for k, v in r.items() if " GiB" not in k} for r in results["total_memory"]],
+        "Step peak at batch 128 x 200 x 80: vanilla + fp32 states vs reversible + 8-bit, "
+        "rebuilt by branch and by unit (GiB)",
+        [{k: v for k, v in r.items() if " GiB" not in k and "fits" not in k}
+         for r in results["total_memory"]],
     )
+    results["mixed_precision"] = mixed_precision(
+        ["resnet34", "rev_resnet34:unit", "dfresnet56", "rev_dfresnet56", "rev_dfresnet56:unit"],
+        batch=2, frames=200,
+    )
+    show("One CPU training step, float32 and bfloat16 autocast: extra peak (MiB)",
+         results["mixed_precision"])
     results["recomputation"] = recomputation_overhead(
         [t for t in twins if t[2] <= 110], repeats, small, batch=8, frames=100
     )
