@@ -84,8 +84,9 @@ def plan_batches(
     """The audio files of ``keys`` (paths under ``audio_dir``) in the batches
     :class:`svlab.evaluate.EvalSet` makes, and each key's row (file's position in them).
 
-    Keys that resolve to one file (links, repeated names) share it; files are sorted by fbank
-    length, then by the first key naming them, and grouped by ``batch_size``.
+    Keys that name one file (links to it, repeated names: one device and inode) share it, read
+    by the first key naming it; files are sorted by fbank length, then by that key, and grouped
+    by ``batch_size``. A missing file raises :class:`svlab.data.audio.AudioError`.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -96,21 +97,27 @@ def plan_batches(
     >>> [[p.name for p in b] for b in batches], rows
     ([['b.wav'], ['a.wav']], {'a.wav': 1, 'b.wav': 0, 'c.wav': 1})
     """
-    first_key: dict[str, str] = {}
+    first_key: dict[tuple[int, int], str] = {}
     file_of = {}
     for key in sorted(set(keys)):
-        real = os.path.realpath(Path(audio_dir) / key)
-        file_of[key] = real
-        first_key.setdefault(real, key)
+        try:
+            info = os.stat(Path(audio_dir) / key)
+        except OSError:
+            load_audio(Path(audio_dir) / key)  # raises the AudioError naming the file
+            raise
+        file_of[key] = (info.st_dev, info.st_ino)
+        first_key.setdefault(file_of[key], key)
     files = sorted(
-        first_key, key=lambda f: (kaldi_frames(_samples(Path(f), max_seconds)), first_key[f])
-    )
+        first_key,
+        key=lambda f: (kaldi_frames(_samples(Path(audio_dir) / first_key[f], max_seconds)),
+                       first_key[f]),
+    )  # fmt: skip
     row_of = {f: i for i, f in enumerate(files)}
     batches = [
-        [Path(f) for f in files[start : start + batch_size]]
+        [Path(audio_dir) / first_key[f] for f in files[start : start + batch_size]]
         for start in range(0, len(files), batch_size)
     ]
-    return batches, {key: row_of[real] for key, real in file_of.items()}
+    return batches, {key: row_of[identity] for key, identity in file_of.items()}
 
 
 class FeatureBatches(torch.utils.data.Dataset):

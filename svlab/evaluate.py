@@ -18,7 +18,7 @@ from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
 from svlab.metrics import eer, eer_interval, min_dcf
 from svlab.scorenorm import BACKENDS, backend_scores, speaker_means
-from svlab.stored_eval import LARGE_LIST_KEYS, StoredEvalSet
+from svlab.stored_eval import LARGE_LIST_KEYS, StoredEvalSet, check_trial_files
 
 _CACHE: dict[tuple, EvalSet | StoredEvalSet] = {}
 
@@ -94,8 +94,9 @@ class EvalSet:
             if store is not None or len({k for t in parsed for k in (t.enroll, t.test)}) > (
                 LARGE_LIST_KEYS
             ):
-                _CACHE[key] = StoredEvalSet.from_corpus(
-                    root, trial_path, store, batch_size, max_seconds, workers
+                check_trial_files(parsed, trial_path, root)
+                _CACHE[key] = StoredEvalSet.from_trials(
+                    parsed, wav_dir(root), store, batch_size, max_seconds, workers
                 )
             else:
                 _CACHE[key] = cls.from_trials(parsed, wav_dir(root), batch_size, max_seconds)

@@ -83,6 +83,26 @@ def store_scores(
     return (0.5 * ((s - means[e]) / stds[e] + (s - means[t]) / stds[t])).numpy()
 
 
+def check_trial_files(
+    trials: list[Trial], path: str | os.PathLike, root: str | os.PathLike
+) -> None:
+    """Raise :func:`svlab.data.voxceleb.read_trials`' error naming the line of the first file
+    of ``trials`` (read from ``path``) missing under ``root``'s audio, checking each file once.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp()); p = root / "t.txt"
+    >>> _ = p.write_text("1 a.wav a.wav\\n"); (root / "a.wav").touch()
+    >>> check_trial_files(read_trials(p), p, root)
+    >>> (root / "a.wav").unlink(); check_trial_files(read_trials(p), p, root)
+    Traceback (most recent call last):
+    ...
+    svlab.data.voxceleb.CorpusError: .../t.txt line 1: enrol file a.wav does not exist in ...
+    """
+    audio = wav_dir(root)
+    if not all((audio / key).is_file() for key in {k for t in trials for k in (t.enroll, t.test)}):
+        read_trials(path, wav_root=audio)
+
+
 @dataclass
 class StoredEvalSet:
     """A trial list scored through an :class:`svlab.embedding_store.EmbeddingStore`: no
@@ -115,14 +135,15 @@ class StoredEvalSet:
         batch_size: int = 32, max_seconds: float | None = None, workers: int = 0,
     ) -> StoredEvalSet:
         """The trial list ``trials`` (a path) over ``root/wav``, each named file checked to
-        exist (:func:`svlab.data.voxceleb.read_trials` names the first missing one's line).
+        exist (:func:`check_trial_files`).
 
         >>> StoredEvalSet.from_corpus("/no/corpus", "/no/corpus/trials/e.txt", None)
         Traceback (most recent call last):
         ...
-        svlab.data.voxceleb.CorpusError: corpus root /no/corpus does not exist
+        svlab.data.voxceleb.CorpusError: list file /no/corpus/trials/e.txt does not exist
         """
-        parsed = read_trials(trials, wav_root=wav_dir(root))
+        parsed = read_trials(trials)
+        check_trial_files(parsed, trials, root)
         return cls.from_trials(parsed, wav_dir(root), folder, batch_size, max_seconds, workers)
 
     @classmethod
