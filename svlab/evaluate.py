@@ -321,6 +321,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "score from there; reused by later runs of the same model. Without it a list of more "
         f"than {LARGE_LIST_KEYS:,} utterances goes through a temporary store",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="utterances embedded at once, sorted by length, each batch cut to its shortest "
+        "(lower it for long utterances on a wide model: one batch's activations)",
+    )
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader processes reading and featurizing audio for a store")
     parser.add_argument(
@@ -339,9 +346,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     model = loaded.model.to(args.device)
     if args.front_end != "auto":
         model.front_end = args.front_end
-    if args.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
-    evalset = EvalSet.from_corpus(args.root, args.trials, max_seconds=args.max_seconds,
+    if args.workers < 0 or args.batch_size < 1:
+        raise ValueError(f"--workers must be 0 or more and --batch-size 1 or more, got "
+                         f"{args.workers} and {args.batch_size}")  # fmt: skip
+    evalset = EvalSet.from_corpus(args.root, args.trials, args.batch_size, args.max_seconds,
                                   store=args.store, workers=args.workers)  # fmt: skip
     cohort = None
     if args.backend != "cosine":

@@ -204,3 +204,4 @@ def test_svlab_evaluate_with_a_store_reports_the_in_memory_eer(tiny_list, tmp_pa
         assert stored[field] == in_memory[field]
     assert (tmp_path / "store" / INDEX).is_file()
     assert main([*common, "--store", str(tmp_path / "store"), "--workers", "-1"]) == 2
+    assert main([*common, "--batch-size", "0"]) == 2
