@@ -181,7 +181,14 @@ class StoredEvalSet:
         cohort: torch.Tensor | None = None, top_n: int = 300,
     ) -> dict:
         """``eer``, ``min_dcf`` (p_target 0.01), ``scores`` and ``labels`` of the trials from
-        ``store``'s embeddings, as :meth:`svlab.evaluate.EvalSet.score_embeddings`."""
+        ``store``'s embeddings, as :meth:`svlab.evaluate.EvalSet.score_embeddings`.
+
+        >>> store = EmbeddingStore(Path("s"), np.array([[1, 0], [0, 1], [1, 1]], np.float32),
+        ...     {"a": 0, "b": 1, "c": 2}, ["a", "b", "c"], {})
+        >>> evalset = StoredEvalSet([("a", "c"), ("a", "b")], np.array([1, 0]), Path("."))
+        >>> evalset.score_store(store)["eer"], evalset.score_store(store)["scores"].round(4)
+        (0.0, array([0.7071, 0.    ]))
+        """
         scores = store_scores(
             store, store.rows([a for a, _ in self.pairs]), store.rows([b for _, b in self.pairs]),
             backend, cohort, top_n, self.chunk,

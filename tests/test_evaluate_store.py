@@ -15,6 +15,7 @@ from svlab.cli import main
 from svlab.data.voxceleb import CorpusError, read_trials
 from svlab.embedding_store import EMBEDDINGS, INDEX, EmbeddingStore, StoreError
 from svlab.evaluate import EvalSet
+from svlab.models import build
 from svlab.stored_eval import StoredEvalSet, store_scores
 
 torch.set_num_threads(1)
@@ -205,3 +206,12 @@ def test_svlab_evaluate_with_a_store_reports_the_in_memory_eer(tiny_list, tmp_pa
     assert (tmp_path / "store" / INDEX).is_file()
     assert main([*common, "--store", str(tmp_path / "store"), "--workers", "-1"]) == 2
     assert main([*common, "--batch-size", "0"]) == 2
+
+
+def test_a_model_with_another_front_end_gets_the_in_memory_scores(tiny_list, tmp_path):
+    torch.manual_seed(0)
+    ecapa = build("ecapa_c1024_speechbrain", channels=8, scale=4, mfa_channels=16, embed_dim=8)
+    expected = EvalSet.from_corpus(CI, tiny_list).score(ecapa)
+    stored = StoredEvalSet.from_corpus(CI, tiny_list, tmp_path / "store").score(ecapa)
+    np.testing.assert_array_equal(stored["scores"], expected["scores"])
+    assert EmbeddingStore.open(tmp_path / "store").identity["front_end"] == "speechbrain"
