@@ -18,8 +18,9 @@ from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
 from svlab.metrics import eer, eer_interval, min_dcf
 from svlab.scorenorm import BACKENDS, backend_scores, speaker_means
+from svlab.stored_eval import LARGE_LIST_KEYS, StoredEvalSet, check_trial_files
 
-_CACHE: dict[tuple, EvalSet] = {}
+_CACHE: dict[tuple, EvalSet | StoredEvalSet] = {}
 
 
 @dataclass
@@ -65,11 +66,19 @@ class EvalSet:
         trials: str = "test.txt",
         batch_size: int = 32,
         max_seconds: float | None = None,
-    ) -> EvalSet:
+        store: str | os.PathLike | None = None,
+        workers: int = 0,
+    ) -> EvalSet | StoredEvalSet:
         """Load and featurize the utterances of ``root/trials/<trials>`` (cached per process).
 
         ``trials`` may also be a path to a trial list anywhere; audio is read from
         ``root/wav``. ``max_seconds`` keeps only each utterance's first seconds.
+
+        A list of more than ``LARGE_LIST_KEYS`` (20,000) distinct utterances, or any list given
+        a ``store`` folder, gives a :class:`svlab.stored_eval.StoredEvalSet` instead: no
+        features held, each model's embeddings extracted once (by a DataLoader with
+        ``workers`` processes) into ``store`` (a temporary folder if None) and scored from
+        there, with the same scores.
 
         >>> EvalSet.from_corpus("/no/corpus")
         Traceback (most recent call last):
@@ -78,11 +87,19 @@ class EvalSet:
         """
         root = Path(root)
         trial_path = Path(trials) if Path(trials).is_file() else root / "trials" / trials
-        key = (str(root.resolve()), str(trial_path.resolve()), batch_size, max_seconds)
+        key = (str(root.resolve()), str(trial_path.resolve()), batch_size, max_seconds,
+               None if store is None else str(Path(store).resolve()), workers)  # fmt: skip
         if key not in _CACHE:
-            _CACHE[key] = cls.from_trials(
-                read_trials(trial_path), wav_dir(root), batch_size, max_seconds
-            )
+            parsed = read_trials(trial_path)
+            if store is not None or len({k for t in parsed for k in (t.enroll, t.test)}) > (
+                LARGE_LIST_KEYS
+            ):
+                check_trial_files(parsed, trial_path, root)
+                _CACHE[key] = StoredEvalSet.from_trials(
+                    parsed, wav_dir(root), store, batch_size, max_seconds, workers
+                )
+            else:
+                _CACHE[key] = cls.from_trials(parsed, wav_dir(root), batch_size, max_seconds)
         return _CACHE[key]
 
     @classmethod
@@ -259,8 +276,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     >>> parser = argparse.ArgumentParser(); register_cli(parser.add_subparsers())
     >>> args = parser.parse_args(["evaluate", "m.pt", "--root", "vox1", "--backend", "mean"])
-    >>> args.model, args.backend, args.trials, args.front_end
-    ('m.pt', 'mean', 'test.txt', 'auto')
+    >>> args.model, args.backend, args.trials, args.front_end, args.store, args.workers
+    ('m.pt', 'mean', 'test.txt', 'auto', None, 0)
     """
     parser = subparsers.add_parser(
         "evaluate",
@@ -298,6 +315,22 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-seconds", type=float, help="keep only each utterance's start")
     parser.add_argument("--device", default="cpu", help="torch device to embed on")
     parser.add_argument(
+        "--store",
+        metavar="DIR",
+        help="extract the embeddings once into DIR (a memory-mapped array and its index) and "
+        "score from there; reused by later runs of the same model. Without it a list of more "
+        f"than {LARGE_LIST_KEYS:,} utterances goes through a temporary store",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="utterances embedded at once, sorted by length, each batch cut to its shortest "
+        "(lower it for long utterances on a wide model: one batch's activations)",
+    )
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader processes reading and featurizing audio for a store")
+    parser.add_argument(
         "--resamples",
         type=int,
         default=1000,
@@ -313,7 +346,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     model = loaded.model.to(args.device)
     if args.front_end != "auto":
         model.front_end = args.front_end
-    evalset = EvalSet.from_corpus(args.root, args.trials, max_seconds=args.max_seconds)
+    if args.workers < 0 or args.batch_size < 1:
+        raise ValueError(f"--workers must be 0 or more and --batch-size 1 or more, got "
+                         f"{args.workers} and {args.batch_size}")  # fmt: skip
+    evalset = EvalSet.from_corpus(args.root, args.trials, args.batch_size, args.max_seconds,
+                                  store=args.store, workers=args.workers)  # fmt: skip
     cohort = None
     if args.backend != "cosine":
         if not args.cohort:
@@ -333,6 +370,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         "front_end": front_end_of(model),
         "backend": args.backend,
         "trials": len(evalset.pairs),
+        "store": (args.store or "temporary") if isinstance(evalset, StoredEvalSet) else None,
         "eer_percent": round(100 * result["eer"], 4),
         "eer_interval_percent": [round(100 * low, 4), round(100 * high, 4)],
         "min_dcf": round(result["min_dcf"], 4),
