@@ -118,3 +118,16 @@ def test_reversible_peak_is_flat_in_depth_and_near_one_block():
     assert chain["recomputed"] + chain["temporaries"] <= 1.5 * block
     vanilla = project("dfresnet56", batch_size=2, frames=200)["bytes"]
     assert vanilla["activations"] > 4 * extra["rev_dfresnet56"]
+
+
+def test_the_profilers_chatter_stays_out_of_the_lesson_and_real_errors_do_not(capfd):
+    import os
+
+    def step():
+        os.write(2, b"a real complaint\n")  # what a kernel might print: it must come through
+        return torch.ones(1000) + 1
+
+    allocator_peak(step, "cpu")
+    err = capfd.readouterr().err
+    assert "a real complaint" in err
+    assert "profiler_start" not in err and "gpuGetDeviceCount" not in err

@@ -16,6 +16,9 @@ profiler on CPU and by ``torch.cuda.max_memory_allocated`` on a GPU.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -322,6 +325,31 @@ def trace_step(
     return _summarise(tracker)
 
 
+PROFILER_CHATTER = ("profiler_start", "profiler_stop", "gpuGetDeviceCount",
+                    "Memory block of unknown size")
+
+
+@contextmanager
+def _profiler_chatter_dropped():
+    """Run the body with the process's stderr (file descriptor 2, where the profiler's native
+    code writes) captured; afterwards pass on every line but the profiler's own start / stop
+    notices and its complaint that a machine without a GPU has no GPU."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(marker in line for marker in PROFILER_CHATTER):
+                    sys.stderr.write(line)
+
+
 def allocator_peak(step: Callable[[], object], device: torch.device | str) -> int:
     """The allocator's own peak while ``step()`` runs, above what was allocated before it.
 
@@ -344,7 +372,8 @@ def allocator_peak(step: Callable[[], object], device: torch.device | str) -> in
         return torch.cuda.max_memory_allocated(device) - before
     if device.type != "cpu":
         raise ValueError(f"allocator_peak measures CPU or CUDA memory, not {device.type!r}")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_chatter_dropped(), profile(activities=[ProfilerActivity.CPU],
+                                              profile_memory=True) as prof:
         step()
     events = sorted(
         (event.start_ns(), event.nbytes())
