@@ -385,3 +385,26 @@ def test_memory_panel_displays_one_living_widget():
     gc.collect()
     second = panel._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert first == second and panel.widget.comm is not None
+
+
+def test_a_model_with_its_own_front_end_opens_in_the_workbench(tmp_path):
+    """A SpeechBrain-format model embeds its own features there, as EvalSet.score does."""
+    from svlab.data.pairs import LARGE_TRIALS
+    from svlab.models import build
+    from svlab.profiles import REPO_ROOT
+
+    corpus = REPO_ROOT / "data" / "corpus-ci"
+    trials = tmp_path / "few.txt"
+    lines = (corpus / "trials" / LARGE_TRIALS).read_text().splitlines(True)
+    trials.write_text("".join(lines[:60]))
+    torch.manual_seed(0)
+    ecapa = build("ecapa_c1024_speechbrain", channels=8, scale=4, mfa_channels=16,
+                  embed_dim=8).eval()
+    evalset = EvalSet.from_corpus(corpus, trials)
+    live = LiveQuantizer(ecapa, evalset)
+    assert live.batches[0].shape[-1] == 80 and live.batches is evalset.batches_for("speechbrain")
+    expected = evalset.score(ecapa)["eer"]
+    assert live.set_bits(live.layers[-1], None).eer == pytest.approx(expected, abs=1e-9)
+    quantized = live.set_bits(live.layers[-1], 2).eer
+    reference = evalset.score(quantize_model(ecapa, {live.layers[-1]: 2}))["eer"]
+    assert quantized == pytest.approx(reference, abs=1e-9)

@@ -19,6 +19,7 @@ from torch import nn
 
 from svlab.comparison import trial_speakers
 from svlab.evaluate import EvalSet
+from svlab.features import front_end_of
 from svlab.metrics import det_curve, eer_difference_interval, eer_interval
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
 from svlab.quant.allocate import DEFAULT_CHOICES, allocate_bits
@@ -124,7 +125,8 @@ class LiveQuantizer:
         self._quantized: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._traces: dict[int, dict[str, float]] = {}
         self._deltas: dict[tuple, dict[str, float]] = {}
-        self.cache = PrefixCache(self.model, evalset.batches)
+        self.batches = evalset.batches_for(front_end_of(self.model))  # the model's own features
+        self.cache = PrefixCache(self.model, self.batches)
         self._trial_speakers = trial_speakers(evalset.pairs)  # for the EER intervals
         self._seen: dict[tuple, Scores] = {}  # scores of recent states, by state()
         self._intervals: dict[tuple, tuple] = {}  # and their panel intervals
@@ -321,7 +323,7 @@ class LiveQuantizer:
                 for layer in self.layers:
                     params[layer].copy_(self.original[layer])
             with torch_threads(self.threads):
-                loss = embedding_distortion_loss(reference, self.evalset.batches[0])
+                loss = embedding_distortion_loss(reference, self.batches[0])
                 chosen = {layer: params[layer] for layer in self.layers}
                 self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
         _tell(progress, 1, total)
