@@ -211,6 +211,25 @@ def mixed_precision(specs, batch: int, frames: int, speakers: int = 100) -> list
     return rows
 
 
+def projected_mixed_precision(twins) -> list[dict]:
+    """At the paper's setting, projected: vanilla + fp32 Adam and reversible (by unit) + 8-bit
+    Adam, each in float32 and under CUDA autocast's bfloat16 rules (weights fp32)."""
+    rows = []
+    for vanilla, reversible, depth in twins:
+        row = {"depth": depth, "vanilla": f"{vanilla} + adam",
+               "reversible": f"{reversible} by unit + adam8bit"}
+        for label, name, optimizer, extra in (("vanilla", vanilla, "adam", {}),
+                                              ("by unit", reversible, "adam8bit",
+                                               {"recompute": "unit"})):
+            for precision, autocast in (("fp32", None), ("bf16", torch.bfloat16)):
+                table = project(name, optimizer=optimizer, autocast=autocast, **extra, **PAPER)
+                row[f"{label} {precision} GiB"] = table["bytes"].sum() / GiB
+        row["saving_fp32_x"] = row["vanilla fp32 GiB"] / row["by unit fp32 GiB"]
+        row["saving_bf16_x"] = row["vanilla bf16 GiB"] / row["by unit bf16 GiB"]
+        rows.append(row)
+    return rows
+
+
 def cuda_peaks(twins, batch_size: int) -> list[dict]:
     """On CUDA: the allocator's peak over one step beside the tracker and the projection."""
     rows = []
@@ -292,6 +311,9 @@ def main() -> None:
     )
     show("One CPU training step, float32 and bfloat16 autocast: extra peak (MiB)",
          results["mixed_precision"])
+    results["mixed_precision_projected"] = projected_mixed_precision(twins)
+    show("Step peak at batch 128 x 200 x 80, float32 and bfloat16 autocast, projected (GiB)",
+         results["mixed_precision_projected"])
     results["recomputation"] = recomputation_overhead(
         [t for t in twins if t[2] <= 110], repeats, small, batch=8, frames=100
     )

@@ -203,5 +203,8 @@ def test_memory_projects_the_unit_wise_rebuild_and_refuses_it_for_vanilla(capsys
     assert main(["memory", "--model", "rev_resnet18", "--batch-size", "4", "--recompute",
                  "unit"]) == 0
     assert "rev_resnet18, rebuilt by unit" in capsys.readouterr().out
+    assert main(["memory", "--model", "rev_resnet18", "--batch-size", "4", "--autocast",
+                 "bfloat16"]) == 0
+    assert "rev_resnet18, bfloat16 autocast" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="for reversible models"):
         main(["memory", "--model", "resnet18", "--recompute", "unit"])

@@ -6,7 +6,7 @@ from torch import nn
 
 import svlab.models
 from svlab.losses import CosineClassifier
-from svlab.memory import project
+from svlab.memory import project, project_step
 from svlab.memory.saved_tensors import SavedTensorRecorder, saved_by_module
 from svlab.memory.step import CATEGORIES, StepTracker, allocator_peak, trace_step
 from svlab.models.reversible import set_memory_saving
@@ -131,3 +131,18 @@ def test_the_profilers_chatter_stays_out_of_the_lesson_and_real_errors_do_not(ca
     err = capfd.readouterr().err
     assert "a real complaint" in err
     assert "profiler_start" not in err and "gpuGetDeviceCount" not in err
+
+
+@pytest.mark.parametrize("name", ["resnet34", "rev_dfresnet56:unit"])
+def test_mixed_precision_projection_equals_real_autocast(name):
+    """Meta autocast (svlab.memory.autocast) against torch.autocast on real CPU tensors."""
+    torch.set_num_threads(2)
+    model, head, opt, x, y, _ = small_step(name, batch=2, frames=100)
+    trace_step(model, opt, x, y, loss_fn=head, autocast=torch.bfloat16)
+    real = trace_step(model, opt, x, y, loss_fn=head, autocast=torch.bfloat16)
+    plain = trace_step(model, opt, x, y, loss_fn=head)
+    model_name, _, grain = name.partition(":")
+    projected = project_step(model_name, 2, 100, "adam", num_classes=50, autocast=torch.bfloat16,
+                             **({"recompute": grain} if grain else {}))
+    assert projected.extra_peak_bytes == pytest.approx(real.extra_peak_bytes, rel=0.01)
+    assert abs(real.extra_peak_bytes / plain.extra_peak_bytes - 1) > 0.01  # autocast acted

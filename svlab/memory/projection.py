@@ -193,6 +193,7 @@ def _projected(
     feat_dim: int,
     num_classes: int,
     overrides: tuple,
+    autocast: torch.dtype | None = None,
 ) -> StepMemory:
     from svlab.models import build
     from svlab.optim import make_optimizer
@@ -212,7 +213,7 @@ def _projected(
     for p in params:  # an untraced warm-up step on zero gradients creates the optimizer
         p.grad = torch.zeros_like(p)  # states, as they exist from a run's second step on
     opt.step()
-    return trace_step(model, opt, features, labels, head)
+    return trace_step(model, opt, features, labels, head, autocast=autocast)
 
 
 def project_step(
@@ -223,6 +224,7 @@ def project_step(
     dtype: torch.dtype = torch.float32,
     feat_dim: int = 80,
     num_classes: int = 5994,
+    autocast: torch.dtype | None = None,
     **overrides,
 ) -> StepMemory:
     """One training step of a registered model traced on the meta device: no memory used.
@@ -233,9 +235,11 @@ def project_step(
     batch are built on the meta device, which has shapes but no data. A warm-up step
     creates the optimizer states (one optimizer step on zero gradients); the next step is
     traced by :func:`svlab.memory.step.trace_step`, forward, backward (reversible
-    recomputation included) and optimizer step. The CUDA context and what kernels allocate inside
-    themselves (workspaces) are not included: see :data:`CUDA_CONTEXT_BYTES`. Results are
-    cached, so moving a slider back is instant.
+    recomputation included) and optimizer step. ``autocast`` (``torch.float16`` or
+    ``torch.bfloat16``) traces forward and backward in mixed precision with CUDA autocast's
+    casting rules (:mod:`svlab.memory.autocast`), the weights and states in ``dtype``. The
+    CUDA context and what kernels allocate inside themselves (workspaces) are not included:
+    see :data:`CUDA_CONTEXT_BYTES`. Results are cached, so moving a slider back is instant.
 
     >>> step = project_step("rev_dfresnet56", batch_size=8, frames=200)
     >>> sorted(step.timeline["phase"].unique()), step.at_peak["bytes"].idxmax()
@@ -243,7 +247,7 @@ def project_step(
     """
     return _projected(
         model_name, batch_size, frames, optimizer, dtype, feat_dim, num_classes,
-        tuple(sorted(overrides.items())),
+        tuple(sorted(overrides.items())), autocast,
     )
 
 
@@ -255,6 +259,7 @@ def project(
     dtype: torch.dtype = torch.float32,
     feat_dim: int = 80,
     num_classes: int = 5994,
+    autocast: torch.dtype | None = None,
     **overrides,
 ) -> pd.DataFrame:
     """What one training step of a registered model holds at its peak, without running it.
@@ -270,7 +275,8 @@ def project(
     """
     return _with_peak(
         project_step(
-            model_name, batch_size, frames, optimizer, dtype, feat_dim, num_classes, **overrides
+            model_name, batch_size, frames, optimizer, dtype, feat_dim, num_classes, autocast,
+            **overrides,
         )
     )
 
@@ -331,10 +337,12 @@ def _run(args) -> int:
         optimizer=args.optimizer,
         dtype=dtype[args.dtype],
         num_classes=args.num_classes,
+        autocast=dtype.get(args.autocast),
         **({"recompute": args.recompute} if args.recompute else {}),
     )
     table["GiB"] = table["bytes"] / 2**30
     rebuilt = f", rebuilt by {args.recompute}" if args.recompute else ""
+    rebuilt += f", {args.autocast} autocast" if args.autocast else ""
     print(f"{args.model}{rebuilt}, batch {args.batch_size} x {args.frames} frames, "
           f"{args.optimizer}, {args.dtype}: what one training step holds at its peak "
           "(projected on the meta device: forward, backward and optimizer step)")
@@ -375,6 +383,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="parameters' and activations' type")
     parser.add_argument("--num-classes", type=int, default=5994, help="training speakers")
+    parser.add_argument("--autocast", choices=["float16", "bfloat16"], default=None,
+                        help="mixed precision: forward and backward under CUDA autocast's rules "
+                        "in this type, weights and optimizer states in --dtype (default: off)")
     parser.add_argument("--recompute", choices=["branch", "unit"], default=None,
                         help="reversible models only: rebuild each coupling's branch at once "
                         "(svlab's first way, the models' default) or one conv-BN-ReLU unit at a "

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -30,6 +30,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from svlab.memory.autocast import MetaAutocast
 
 CATEGORIES = (
     "parameters",
@@ -272,6 +274,14 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Ten
     return tensors + list(maps.values())
 
 
+def _mixed_precision(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    if device.type == "meta":
+        return MetaAutocast(dtype)
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def trace_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -279,6 +289,7 @@ def trace_step(
     labels: torch.Tensor | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
     depth: int = 2,
+    autocast: torch.dtype | None = None,
 ) -> StepMemory:
     """Run one training step (forward, loss, backward, ``optimizer.step()``) and trace it.
 
@@ -287,7 +298,10 @@ def trace_step(
     that puts them back). Works on CPU, CUDA and the meta device. ``loss_fn(embeddings,
     labels)`` defaults to the mean square of the embeddings; a loss that is an
     ``nn.Module`` (a classifier head) counts as model too. Modules are named up to
-    ``depth`` levels (``"stages.1"`` at depth 2) in ``by_module`` and the timeline.
+    ``depth`` levels (``"stages.1"`` at depth 2) in ``by_module`` and the timeline. With
+    ``autocast`` (``torch.float16`` or ``torch.bfloat16``) forward and backward run in mixed
+    precision: ``torch.autocast`` on CPU and CUDA, :class:`svlab.memory.autocast.MetaAutocast`
+    (CUDA's casting rules) on the meta device; the optimizer step stays outside.
 
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -312,7 +326,8 @@ def trace_step(
         return t
 
     with _module_labels(tracker, modules, depth), tracker:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _mixed_precision(features.device, autocast), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = loss_fn(model(features), labels)
             tracker.phase, tracker.module = "backward", "(autograd)"
             loss.backward()
