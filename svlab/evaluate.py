@@ -16,7 +16,7 @@ from svlab.comparison import trial_speakers
 from svlab.data.audio import load_audio
 from svlab.data.voxceleb import Trial, read_train_list, read_trials, wav_dir
 from svlab.features import FRONT_ENDS, fbank, featurize, front_end_of
-from svlab.metrics import eer, eer_interval, min_dcf
+from svlab.metrics import eer_interval, verification_result
 from svlab.scorenorm import BACKENDS, backend_scores, speaker_means
 from svlab.stored_eval import LARGE_LIST_KEYS, StoredEvalSet, check_trial_files
 
@@ -207,12 +207,7 @@ class EvalSet:
         :func:`svlab.scorenorm.backend_scores`.
         """
         scores = backend_scores(embeddings, self.pairs, backend, cohort, top_n)
-        return {
-            "eer": eer(scores, self.labels)[0],
-            "min_dcf": min_dcf(scores, self.labels, p_target=0.01)[0],
-            "scores": scores,
-            "labels": self.labels,
-        }
+        return verification_result(scores, self.labels)
 
     def score(
         self,

@@ -13,7 +13,7 @@ from torch import nn
 
 from svlab.data.voxceleb import Trial, read_trials, wav_dir
 from svlab.embedding_store import EmbeddingStore
-from svlab.metrics import eer, min_dcf
+from svlab.metrics import verification_result
 from svlab.scorenorm import BACKENDS, cohort_statistics
 
 LARGE_LIST_KEYS = 20_000  # EvalSet.from_corpus takes the store path above this many utterances
@@ -193,12 +193,7 @@ class StoredEvalSet:
             store, store.rows([a for a, _ in self.pairs]), store.rows([b for _, b in self.pairs]),
             backend, cohort, top_n, self.chunk,
         )  # fmt: skip
-        return {
-            "eer": eer(scores, self.labels)[0],
-            "min_dcf": min_dcf(scores, self.labels, p_target=0.01)[0],
-            "scores": scores,
-            "labels": self.labels,
-        }
+        return verification_result(scores, self.labels)
 
     def score(
         self, model: nn.Module, backend: str = "cosine", cohort: torch.Tensor | None = None,

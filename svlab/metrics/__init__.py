@@ -14,7 +14,14 @@ from svlab.metrics.intervals import (
     weighted_eer,
     weighted_min_dcf,
 )
-from svlab.metrics.rates import cosine_scores, det_curve, eer, error_rates, min_dcf
+from svlab.metrics.rates import (
+    cosine_scores,
+    det_curve,
+    eer,
+    error_rates,
+    min_dcf,
+    verification_result,
+)
 
 __all__ = [
     "SimulatedTrials",
@@ -31,6 +38,7 @@ __all__ = [
     "min_dcf_interval",
     "resolved",
     "simulate_trials",
+    "verification_result",
     "weighted_eer",
     "weighted_min_dcf",
 ]

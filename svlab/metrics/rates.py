@@ -114,6 +114,22 @@ def min_dcf(
     return float(cost[best]), float(thresholds[best])
 
 
+def verification_result(scores, labels) -> dict:
+    """What an evaluation reports for scored trials: ``eer``, ``min_dcf`` (p_target 0.01),
+    and the ``scores`` and ``labels`` themselves.
+
+    >>> result = verification_result(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    >>> result["eer"], result["min_dcf"]
+    (0.0, 0.0)
+    """
+    return {
+        "eer": eer(scores, labels)[0],
+        "min_dcf": min_dcf(scores, labels, p_target=0.01)[0],
+        "scores": scores,
+        "labels": labels,
+    }
+
+
 def det_curve(scores, labels, max_points: int | None = 2000) -> tuple[np.ndarray, np.ndarray]:
     """False-alarm and miss rates along the threshold sweep, thinned to ``max_points`` for plots.
 
