@@ -148,10 +148,15 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _batch_statistics(norm: nn.BatchNorm2d) -> bool:
+    """Whether ``norm`` normalises with the batch's statistics (as ``F.batch_norm`` decides)."""
+    return norm.training or norm.running_mean is None
+
+
 def _statistics(norm: nn.BatchNorm2d, chunks: Iterable[torch.Tensor]):
     """Per-channel mean and 1/std that ``norm`` normalises with: the batch's (merged chunk by
     chunk, Chan et al.'s pairwise formula) in training, the running ones in evaluation."""
-    if not norm.training and norm.running_mean is not None:
+    if not _batch_statistics(norm):
         return norm.running_mean, torch.rsqrt(norm.running_var + norm.eps)
     count, mean, square_sum = 0, None, None
     for z in chunks:
@@ -229,7 +234,7 @@ def _backward(unit: Unit, x: torch.Tensor, grad: torch.Tensor, record: _Record,
     gradients by ``id``.
     """
     norm, per = unit.norm, _per_chunk(unit, x)
-    batch_statistics = norm.training or norm.running_mean is None
+    batch_statistics = _batch_statistics(norm)
     mean, invstd = _channels(record.mean), _channels(record.invstd)
     gamma, beta = _affine(norm, record.mean)
 
