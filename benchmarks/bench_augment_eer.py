@@ -76,16 +76,17 @@ def main() -> None:
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:  # one core each
         list(pool.map(_train, runs.values()))
     models = {name: load_model(Path(cfg.out_dir) / "model.pt") for name, cfg in runs.items()}
-    keys = EvalSet.from_corpus(corpus, LARGE_TRIALS).keys
-    noisy = corrupted_copy(corpus, keys, args.runs / "bench_augment_noisy_test", musan, rirs)
+    clean = EvalSet.from_corpus(corpus, LARGE_TRIALS)
+    noisy = corrupted_copy(corpus, clean.keys, args.runs / "bench_augment_noisy_test", musan,
+                           rirs)
     results = {"setting": {"recipe": str(RECIPE.relative_to(REPO_ROOT)), "epochs": epochs,
                            "augment": AUGMENT, "trials": LARGE_TRIALS,
                            "noisy test": "each test file reverberated (a stand-in room), then "
                            "stand-in MUSAN noise at 5 dB SNR",
                            "interval": "95% speaker bootstrap, paired on the same trials"},
                "quick": args.quick, "machine": platform.platform(), "torch": torch.__version__}
-    for condition, root in (("clean test", corpus), ("noisy test", noisy)):
-        evalset = EvalSet.from_corpus(root, LARGE_TRIALS)
+    for condition, evalset in (("clean test", clean),
+                               ("noisy test", EvalSet.from_corpus(noisy, LARGE_TRIALS))):
         scores = {name: evalset.score(model)["scores"] for name, model in models.items()}
         table = compare(scores, np.asarray(evalset.labels), evalset.pairs, control="clean crops")
         print(f"\n## {condition}\n{table.to_string(index=False)}")
