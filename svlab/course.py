@@ -36,6 +36,12 @@ INSTRUCTOR_NOTE = (
     "place, is made by `make assignments` "
     "(`build/assignments/release/<notebook>/<notebook>.ipynb`)."
 )
+# The lab extensions the app loads: Voila's own widget manager and plotly's renderer. The rest
+# installed here (nbgrader's, notebook's, the lab widget manager) are built for JupyterLab's
+# newer core and fail in Voila's older one, with console errors on every load.
+APP_EXTENSIONS = (
+    "@voila-dashboards/widgets-manager8", "@jupyter-widgets/jupyterlab-manager", "jupyterlab-plotly"
+)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -189,7 +195,10 @@ WIDGET_NOTE = (
     '<p class="svlab-widget-note"><em>An interactive control ({name}) is shown here when the '
     "notebook runs in Jupyter or in the app (<code>make app</code>).</em></p>"
 )
-WIDGET_TEXT = "[interactive {name}: live when the notebook runs in Jupyter (make lab) or the app]"
+# What a stored widget output reads as wherever the widget itself is not there: on GitHub, and
+# in Jupyter when the tab shows a saved output whose widget the kernel no longer (or never) had,
+# e.g. a tab closed and reopened before saving. True in each: running the cell shows it.
+WIDGET_TEXT = "[interactive {name}: run this cell to show it, in Jupyter (make lab) or the app]"
 
 
 def widget_name(text: str) -> str:
@@ -205,7 +214,7 @@ def widget_name(text: str) -> str:
     """
     prefix = WIDGET_TEXT.split("{")[0]
     if text.startswith(prefix):
-        return text[len(prefix) :].split(": live")[0]
+        return text[len(prefix) :].split(": ")[0]
     match = re.match(r"([A-Za-z_]\w*)\(", text)
     if match:
         return match.group(1)
@@ -319,6 +328,7 @@ def app_command(notebook: Path, port: int = 8866) -> list[str]:
     return [
         sys.executable, "-m", "voila", str(notebook), "--no-browser", "--strip_sources=True",
         "--template=svlab", "--Voila.ip=127.0.0.1", f"--port={port}",
+        f"--VoilaConfiguration.extension_allowlist={list(APP_EXTENSIONS)}",
     ]
 
 

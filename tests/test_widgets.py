@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -11,15 +12,16 @@ from ipywidgets import HBox
 
 from svlab.evaluate import EvalSet
 from svlab.memory import project
+from svlab.metrics import format_difference
 from svlab.models import ECAPATDNN, ResNet
 from svlab.quant import quantize_model
 from svlab.quant.binarize import binarize, binary_size
 from svlab.quant.packed import model_size
 from svlab.workbench.cache import PrefixCache
 from svlab.workbench.engine import LiveQuantizer, workbench_trials
-from svlab.workbench.figures import probit
+from svlab.workbench.figures import DET_LIMITS, DET_POINTS, det_points, probit, set_det
 from svlab.workbench.views import PLOTLY_MIME
-from svlab.workbench.widgets import MemoryPanel, Workbench, bits_option
+from svlab.workbench.widgets import MIXED, MemoryPanel, Workbench, bits_option
 
 torch.set_num_threads(1)
 
@@ -208,7 +210,8 @@ def test_moving_a_layer_slider_updates_every_panel():
     assert len(wb.histogram.data[1].x) == 4 and wb.histogram.layout.title.text.startswith(layer)
     assert int(wb.histogram.data[0].y.sum()) == dict(model.named_parameters())[layer].numel()
     far, frr = wb.live.current.far, wb.live.current.frr
-    assert np.allclose(wb.det.data[1].x, probit(far)) and np.allclose(wb.det.data[1].y, probit(frr))
+    x, y = det_points(far, frr)
+    assert np.allclose(wb.det.data[1].x, x) and np.allclose(wb.det.data[1].y, y)
 
 
 def test_global_slider_presets_and_quantizer_move_the_sliders():
@@ -248,6 +251,72 @@ def test_mixed_and_pick_presets_and_errors_in_the_message_line():
     assert set(wb.live.bits.values()) == {None}
     assert wb.message.value.startswith(f"no layer stays within +-100.00 points alone: all {layers}")
     assert wb.message.value.count(", ") <= 3 and f"and {layers - 3} more" in wb.message.value
+
+
+def test_every_control_reads_the_bit_map_applied():
+    """After a preset that leaves the layers at different widths, "all layers" reads mixed
+    (it read fp32 while every layer was quantized); one width again, it reads that width."""
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    wb.budget.value = wb.live.size_bytes() / 1024 / 5
+    wb.mixed_button.click()
+    assert len(set(wb.live.bits.values())) > 1 and wb.global_slider.value == MIXED
+    assert [wb.layer_sliders[n].value for n in wb.live.layers] == [
+        bits_option(wb.live.bits[n]) for n in wb.live.layers]
+    wb.preset_buttons[4].click()
+    assert wb.global_slider.value == "4"
+    wb.layer_sliders[wb.live.layers[0]].value = "fp32"
+    assert wb.global_slider.value == MIXED
+    wb.global_slider.value = "fp32"  # from mixed to a width: every layer follows
+    assert set(wb.live.bits.values()) == {None}
+    bits_before = dict(wb.live.bits)
+    wb.global_slider.value = MIXED  # a reading only: moving onto it changes nothing
+    assert wb.live.bits == bits_before and wb.global_slider.value == "fp32"
+    assert "reads mixed" in wb.message.value
+
+
+def test_the_pick_summary_states_what_the_combination_costs():
+    """Each layer's own change is not what the picked layers cost together: the message gives
+    the combination's paired difference, the one the numbers panel shows."""
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    wb.tolerance.value = 100.0
+    wb.pick_button.click()
+    summary = wb.live.summary()
+    together = format_difference((summary["delta"], summary["delta_low"], summary["delta_high"]))
+    assert f"together {together}" in html.unescape(wb.message.value)
+    assert together in shown(wb)["delta"]
+
+
+def test_the_det_axes_show_a_high_miss_rate_where_it_is_not_at_the_frame():
+    """A 45% EER model's curve lies inside the axes, and a miss rate above the top of the frame
+    is drawn beyond it (plotly cuts it there), not along the frame as if it were the limit."""
+    low, high = probit(DET_LIMITS)
+    assert low < probit([0.001])[0] and probit([0.45])[0] < high
+    wb = Workbench(LiveQuantizer(tiny_resnet(), tiny_evalset()))
+    assert tuple(wb.det.layout.yaxis.range) == (low, high)
+    far, frr = np.array([0.0, 0.001, 0.45, 1.0]), np.array([1.0, 0.97, 0.45, 0.0])
+    set_det(wb.det, 1, far, frr)
+    assert wb.det.data[1].y[1] > high and np.isfinite(wb.det.data[1].y).all()
+    assert wb.det.data[1].y[2] == pytest.approx(probit([0.45])[0])
+
+
+def test_a_thinned_det_curve_keeps_every_point_within_one_step():
+    """The browser gets a few hundred points, and no point of the full curve is farther than
+    one step (the curve's length in the frame over the points kept) from a point drawn."""
+    from svlab.metrics import det_curve
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(20_000) < 0.1
+    far, frr = det_curve(rng.normal(size=labels.size) + 2 * labels, labels.astype(int))
+    x, y = det_points(far, frr)
+    assert len(x) <= DET_POINTS < len(far)
+    full = np.stack(det_points(far, frr, max_points=len(far)), axis=1)
+    kept = np.stack([x, y], axis=1)
+    low, high = probit(DET_LIMITS)
+    inside = np.clip(full, low, high)
+    step = np.linalg.norm(np.diff(inside, axis=0), axis=1).sum() / (DET_POINTS - 2)
+    nearest = np.linalg.norm(np.clip(kept, low, high)[None] - inside[:, None], axis=2).min(1)
+    assert nearest.max() <= step
+    assert (kept[0] == full[0]).all() and (kept[-1] == full[-1]).all()
 
 
 def test_memory_panel_bars_are_the_projections():
@@ -350,7 +419,7 @@ def test_views_hold_the_whole_current_figure_after_every_change():
         assert histogram == wb.histogram.to_plotly_json() | {"config": histogram["config"]}
         assert [t["name"] for t in det["data"]] == ["fp32", "quantized"]
         assert det == wb.det.to_plotly_json() | {"config": det["config"]}
-    assert np.allclose(wb.det.data[1].x, probit(wb.live.current.far))
+    assert np.allclose(wb.det.data[1].x, det_points(wb.live.current.far, wb.live.current.frr)[0])
     panel = MemoryPanel(batch_size=8, frames=20, num_classes=10)
     panel.batch_size.value = 16
     assert bundle(panel.view) == panel.figure.to_plotly_json() | {"config": {
@@ -364,7 +433,7 @@ def test_layout_flexes_to_the_window_and_labels_are_whole():
     rows = [box for box in _boxes(wb.panel) if isinstance(box, HBox)]
     assert rows and all(box.layout.flex_flow == "row wrap" for box in rows)
     for control in (wb.quantizer, wb.granularity, wb.layer_picker, wb.budget, wb.pick_bits,
-                    wb.tolerance):
+                    wb.tolerance, wb.progress):  # the progress bar's label was cut at 80 px
         assert control.style.description_width == "initial", control.description
     assert wb._repr_mimebundle_()["text/plain"] == f"Workbench({len(wb.live.layers)} layers)"
 

@@ -39,6 +39,11 @@ GRANULARITIES = ("tensor", "channel")
 INTERVAL_RESAMPLES = 200  # speaker-bootstrap resamples for the panel: ~0.05 s on 7k trials
 SEEN_STATES = 32  # bit maps whose scores and intervals are kept: going back to one is instant
 Progress = Callable[[int, int], None]  # (steps done, steps in all), called after each step
+# Utterances of the first batch that the Hessian traces of the mixed-precision preset see. On
+# the tutorial ResNet, 8 of them ranked the 14 layers' traces as 32 did against a 32-utterance,
+# 32-sample reference (Spearman 0.93 and 0.90, 8 Rademacher samples each), in a quarter of the
+# time (2.9 s against 11.3 s on one loaded core).
+HESSIAN_UTTERANCES = 8
 
 
 @contextmanager
@@ -313,8 +318,8 @@ class LiveQuantizer:
     ) -> dict[str, dict[int, float]]:
         """HAWQ-v2 sensitivity ``tr(H) / n * ||Q_b(W) - W||^2`` per layer and bit width
         (:func:`svlab.quant.hessian.hessian_sensitivity`), with the Hessian of the embedding
-        drift on the first evaluation batch and this workbench's quantizer. ``progress`` hears
-        of the trace, then of each layer's codebooks."""
+        drift on the first ``HESSIAN_UTTERANCES`` evaluation utterances and this workbench's
+        quantizer. ``progress`` hears of the trace, then of each layer's codebooks."""
         total = len(self.layers) + 1
         if n_samples not in self._traces:
             reference = clone_model(self.model)
@@ -323,7 +328,8 @@ class LiveQuantizer:
                 for layer in self.layers:
                     params[layer].copy_(self.original[layer])
             with torch_threads(self.threads):
-                loss = embedding_distortion_loss(reference, self.batches[0])
+                loss = embedding_distortion_loss(reference,
+                                                 self.batches[0][:HESSIAN_UTTERANCES])
                 chosen = {layer: params[layer] for layer in self.layers}
                 self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
         _tell(progress, 1, total)

@@ -8,21 +8,28 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
-DET_LIMITS = (0.0005, 0.5)
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9)
+DET_LIMITS = (0.0005, 0.95)  # the axes' range: a model at 40-50% EER still shows its knee
+RATE_CLIP = 1e-6  # rates of 0 and 1 drawn just off the axes (finite), not along their edges
+DET_POINTS = 300  # points a drawn DET curve keeps: 7,000 trials' worth took the browser ~0.1 s
 MAX_LEVEL_MARKERS = 2048
 HISTOGRAM_BINS = 80
 HEIGHT = 340  # px, every panel; the width follows the container
 
 
 def probit(rates) -> np.ndarray:
-    """The normal deviate of each rate (the DET plot's axis), rates clipped to ``DET_LIMITS``.
+    """The normal deviate of each rate (the DET plot's axis). Rates are clipped to
+    ``[RATE_CLIP, 1 - RATE_CLIP]`` only to stay finite: a rate beyond the axes' ``DET_LIMITS``
+    lies outside the plot, where plotly cuts the curve at the frame, instead of being drawn
+    along the frame's edge as if it were the limit.
 
     >>> probit([0.5, 0.0228]).round(2).tolist()
     [0.0, -2.0]
+    >>> bool(probit([0.99])[0] > probit([DET_LIMITS[1]])[0])  # above the frame, not on it
+    True
     """
-    rates = torch.as_tensor(np.asarray(rates, dtype=np.float64)).clamp(*DET_LIMITS)
-    return torch.special.ndtri(rates).numpy()
+    rates = torch.as_tensor(np.asarray(rates, dtype=np.float64))
+    return torch.special.ndtri(rates.clamp(RATE_CLIP, 1 - RATE_CLIP)).numpy()
 
 
 def det_figure() -> go.Figure:
@@ -41,6 +48,7 @@ def det_figure() -> go.Figure:
         "tickvals": probit(DET_TICKS).tolist(),
         "ticktext": [f"{100 * t:g}" for t in DET_TICKS],
         "range": probit(DET_LIMITS).tolist(),
+        "autorange": False,
     }
     fig.update_layout(
         title="DET curve",
@@ -54,14 +62,40 @@ def det_figure() -> go.Figure:
     return fig
 
 
+def det_points(
+    far: np.ndarray, frr: np.ndarray, max_points: int = DET_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """A DET curve's points on probit axes, thinned to at most ``max_points`` of them.
+
+    The points kept are spaced evenly along the curve's length inside the frame (the first
+    point at or past each step); so every dropped point lies within one step of a kept one,
+    and the curve looks the same while the browser draws a few hundred points, not one per
+    trial. The first and last points are kept.
+
+    >>> far = np.linspace(1, 0, 10_000); x, y = det_points(far, 1 - far, max_points=50)
+    >>> len(x) <= 50, float(x[0]) == float(probit([1.0])[0]), round(float(y[-1]), 2)
+    (True, True, 4.75)
+    """
+    x, y = probit(far), probit(frr)
+    if x.size <= max_points:
+        return x, y
+    low, high = probit(DET_LIMITS)
+    inside = np.stack([np.clip(x, low, high), np.clip(y, low, high)], axis=1)
+    length = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(inside, axis=0), axis=1))])
+    targets = np.linspace(0.0, length[-1], max_points - 1)
+    keep = np.unique(np.append(np.searchsorted(length, targets), x.size - 1))
+    return x[keep], y[keep]
+
+
 def set_det(fig: go.Figure, trace: int, far: np.ndarray, frr: np.ndarray) -> None:
-    """Draw one DET curve (false-alarm and miss rates) into trace ``trace`` of ``fig``.
+    """Draw one DET curve (false-alarm and miss rates) into trace ``trace`` of ``fig``
+    (:func:`det_points`).
 
     >>> fig = det_figure(); set_det(fig, 1, np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0]))
     >>> float(fig.data[1].x[1])
     0.0
     """
-    fig.data[trace].x, fig.data[trace].y = probit(far), probit(frr)
+    fig.data[trace].x, fig.data[trace].y = det_points(far, frr)
 
 
 def histogram_figure() -> go.Figure:

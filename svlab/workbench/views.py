@@ -82,13 +82,21 @@ class FigureView:
         },)
 
 
-def pick_summary(deltas: dict[str, float], bit_map: dict[str, Bits], tolerance: float) -> str:
-    """One or two lines on a sensitivity pick: how many layers were quantized, and the kept
-    ones nearest the ``tolerance`` (EER changes as fractions, shown in % points).
+def pick_summary(
+    deltas: dict[str, float],
+    bit_map: dict[str, Bits],
+    tolerance: float,
+    together: tuple[float, float, float] | None = None,
+) -> str:
+    """One or two lines on a sensitivity pick: how many layers were quantized, the kept ones
+    nearest the ``tolerance``, and (``together``: the paired difference from fp32 with its
+    interval, as fractions) what the picked layers cost quantized all at once, which is not
+    the sum of what each cost alone. EER changes are shown in % points.
 
     >>> print(pick_summary({"a": 0.02, "b": 0.009, "c": 0.001}, {"a": None, "b": None, "c": 2},
-    ...                    0.005))
-    1 of 3 layers at 2 bits (EER +0.10 points alone); 2 kept fp32, the closest: b +0.90, a +2.00
+    ...                    0.005, together=(0.001, -0.002, 0.004)))
+    1 of 3 layers at 2 bits (EER +0.10 points alone; together +0.10 points [-0.20, +0.40], \
+not resolved); 2 kept fp32, the closest: b +0.90, a +2.00
     >>> print(pick_summary({"a": 0.02, "b": 0.009}, {"a": None, "b": None}, 0.005))
     no layer stays within +0.50 points alone: all 2 kept fp32, the closest: b +0.90, a +2.00. \
 Raise the tolerance to 0.9 or pick more bits.
@@ -102,8 +110,9 @@ Raise the tolerance to 0.9 or pick more bits.
                 f"kept fp32, the closest: {closest}{more}. Raise the tolerance to "
                 f"{100 * deltas[kept[0]]:.1f} or pick more bits.")
     worst = max(deltas[layer] for layer in picked)
+    combined = "" if together is None else f"; together {format_difference(together)}"
     text = (f"{len(picked)} of {len(bit_map)} layers at {bit_map[picked[0]]} bits "
-            f"(EER {100 * worst:+.2f} points alone)")
+            f"(EER {100 * worst:+.2f} points alone{combined})")
     return text + (f"; {len(kept)} kept fp32, the closest: {closest}{more}" if kept else "")
 
 

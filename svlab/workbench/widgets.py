@@ -32,8 +32,9 @@ from svlab.workbench.views import (
     short_name,
 )
 
-__all__ = ["BITS_OPTIONS", "MemoryPanel", "Workbench", "bits_option", "bits_value"]
+__all__ = ["BITS_OPTIONS", "MIXED", "MemoryPanel", "Workbench", "bits_option", "bits_value"]
 BITS_OPTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "fp32")
+MIXED = "mixed"  # the "all layers" slider's reading when the layers' widths differ
 QUANTIZER_LABELS = {
     "kmeans": "k-means",
     "uniform": "uniform",
@@ -99,7 +100,7 @@ class Workbench:
         slider_style = {"description_width": "150px"}
         slider_layout = w.Layout(width="100%", max_width="400px")
         self.global_slider = w.SelectionSlider(
-            options=BITS_OPTIONS, value="fp32", description="all layers",
+            options=(*BITS_OPTIONS, MIXED), value="fp32", description="all layers",
             continuous_update=False, layout=slider_layout, style=slider_style,
         )
         self.layer_sliders = {
@@ -139,7 +140,8 @@ class Workbench:
         self.message.add_class("svlab-message")
         self.status = w.HTML()
         self.status.add_class("svlab-status")
-        self.progress = w.IntProgress(min=0, max=1, layout=w.Layout(visibility="hidden"))
+        self.progress = w.IntProgress(min=0, max=1, layout=w.Layout(visibility="hidden"),
+                                      style={"description_width": "initial"})
         self.progress.add_class("svlab-progress")
         self.numbers = w.HTML()
         self.numbers.add_class("svlab-numbers")
@@ -257,9 +259,16 @@ class Workbench:
             self.refresh()
 
     def _on_global(self, change: dict) -> None:
-        if not self._syncing:
-            self.apply(dict.fromkeys(self.live.layers, bits_value(change["new"])),
-                       f"all layers at {change['new']}")
+        if self._syncing:
+            return
+        if change["new"] == MIXED:  # a reading, not a setting: back to what the layers hold
+            with self._sync():
+                self.global_slider.value = change["old"]
+            self.message.value = ("<i>all layers reads mixed when the layers' widths differ; "
+                                  "set it to a width to quantize every layer to it</i>")
+            return
+        self.apply(dict.fromkeys(self.live.layers, bits_value(change["new"])),
+                   f"all layers at {change['new']}")
 
     def _on_pick_layer(self, change: dict) -> None:
         if not self._syncing:
@@ -282,12 +291,6 @@ class Workbench:
         """Set many layers at once (one re-scoring) and move their sliders to match."""
         with self._action(what):
             self._report(lambda: self.live.set_bit_map(bit_map))
-            with self._sync():
-                for layer, slider in self.layer_sliders.items():
-                    slider.value = bits_option(self.live.bits[layer])
-                widths = set(self.live.bits.values())
-                if len(widths) == 1:
-                    self.global_slider.value = bits_option(widths.pop())
             self.refresh()
 
     def apply_mixed(self) -> None:
@@ -311,7 +314,11 @@ class Workbench:
             if deltas is not None:
                 bit_map = self.live.sensitivity_pick(bits, tolerance)
                 self.apply(bit_map)
-                self.message.value = html.escape(pick_summary(deltas, bit_map, tolerance))
+                summary = self.live.summary()
+                together = (summary["delta"], summary["delta_low"], summary["delta_high"])
+                self.message.value = html.escape(
+                    pick_summary(deltas, bit_map, tolerance, together)
+                )
 
     def _report(self, action):
         """Run ``action``; a ValueError (a budget too small...) is shown, not raised."""
@@ -325,11 +332,21 @@ class Workbench:
 
     # ---- panels ----
     def refresh(self) -> None:
-        """Redraw the numbers, the histogram of the picked layer and the DET curve."""
+        """Set the sliders to the bits the layers hold, and redraw the numbers, the histogram
+        of the picked layer and the DET curve."""
+        self._show_bits()
         self.numbers.value = numbers_html(self.live.summary())
         set_det(self.det, 1, self.live.current.far, self.live.current.frr)
         self.det_view.show()
         self._draw_histogram()
+
+    def _show_bits(self) -> None:
+        """Each slider at its layer's bits; "all layers" at the common width, or mixed."""
+        with self._sync():
+            for layer, slider in self.layer_sliders.items():
+                slider.value = bits_option(self.live.bits[layer])
+            widths = set(self.live.bits.values())
+            self.global_slider.value = bits_option(widths.pop()) if len(widths) == 1 else MIXED
 
     def _draw_histogram(self) -> None:
         layer = self.layer_picker.value
