@@ -14,6 +14,10 @@ re-score of each layer at 4 bits (its k-means codebook fitted in the move) throu
 the ci tutorial ResNet (``checkpoints/tutorial_resnet.pt``), the trials ``workbench_trials``
 (4 utterances per test speaker, first 2 s, every pair). The load average is recorded: on
 shared cores the numbers move a lot; the target (median move under 0.5 s) is for an idle machine.
+
+``--browser`` adds what a learner waits for in JupyterLab (:mod:`svlab.workbench.browser`:
+notebook 07 run in headless chromium): seconds from each slider key press, and from the
+mixed-precision click, to the last figure drawn in the page.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +43,8 @@ from svlab.workbench.widgets import BITS_OPTIONS, Workbench
 
 RESULTS = Path(__file__).parent / "results" / "widgets.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"
+NOTEBOOK = REPO_ROOT / "notebooks" / "07_workbench.ipynb"
+BROWSER_KEYS = ["Home", *["ArrowRight"] * 7, *["ArrowLeft"] * 7]  # 15 moves of the first layer
 
 
 def timed(fn) -> float:
@@ -67,6 +74,7 @@ def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], l
             option = "fp32" if option != "fp32" else "4"
         seconds.append(timed(lambda slider=slider, option=option: setattr(slider, "value",
                                                                           option)))
+    mixed = timed(wb.mixed_button.click)  # the first press: Hessian traces and codebooks
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
         "slider_moves": len(seconds),
@@ -75,9 +83,35 @@ def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], l
         "median_cold_rescore_s": statistics.median(cold),
         "p90_cold_rescore_s": p90(cold),
         "median_reembed_all_s": statistics.median(full),
+        "mixed_precision_s": mixed,
         "move_seconds": seconds,
         "cold_seconds": dict(zip(layers, cold, strict=True)),
     }
+
+
+def measure_browser() -> dict:
+    """Notebook 07 in headless chromium: slider moves and one mixed-precision press, timed from
+    the key press or click to the last figure drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from svlab.workbench.browser import (
+        lab_server,
+        open_chromium,
+        run_notebook,
+        time_mixed_precision,
+        time_slider_moves,
+    )
+
+    work = Path(tempfile.mkdtemp())
+    with sync_playwright() as api, lab_server(NOTEBOOK, work / "lab") as (url, token, _), \
+            open_chromium(api, work / "chromium") as context:
+        page = context.new_page()
+        run_notebook(page, url, token, NOTEBOOK.name)
+        moves = time_slider_moves(page, BROWSER_KEYS)
+        mixed = time_mixed_precision(page)
+    return {"slider_moves": len(moves), "median_move_s": statistics.median(moves),
+            "p90_move_s": p90(moves), "mixed_precision_s": mixed, "move_seconds": moves,
+            "load_average_1min_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -86,6 +120,8 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=40)
     parser.add_argument("--per-speaker", type=int, default=4)
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--browser", action="store_true",
+                        help="also time notebook 07 in headless chromium (JupyterLab)")
     args = parser.parse_args()
     seed_everything(0)
     moves_n = 10 if args.quick else args.moves
@@ -105,6 +141,8 @@ def main() -> None:
         "torch threads": measure(model, evalset, None, moves, cold_layers),
         "1 thread": measure(model, evalset, 1, moves, cold_layers),
     }
+    if args.browser:
+        settings["browser (1 thread)"] = measure_browser()
     summary = {
         "model": args.checkpoint.name,
         "utterances": len(evalset.keys),
@@ -115,12 +153,12 @@ def main() -> None:
         "torch": torch.__version__,
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
     }
-    keys = ["threads", "median_move_s", "p90_move_s", "median_cold_rescore_s",
+    keys = ["median_move_s", "p90_move_s", "mixed_precision_s", "median_cold_rescore_s",
             "median_reembed_all_s"]
-    print(f"{'setting':14s} " + " ".join(f"{k:>22s}" for k in keys))
+    print(f"{'setting':20s} " + " ".join(f"{k:>22s}" for k in keys))
     for name, row in settings.items():
-        print(f"{name:14s} " + " ".join(
-            f"{row[k]:22.3f}" if isinstance(row[k], float) else f"{row[k]:22d}" for k in keys))
+        print(f"{name:20s} " + " ".join(
+            f"{row[k]:22.3f}" if k in row else f"{'':>22s}" for k in keys))
     for key, value in summary.items():
         print(f"{key:32s} {value}")
     text = json.dumps({"summary": summary, "settings": settings, "moves": moves}, indent=1)

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from svlab import course
+from svlab.workbench.browser import open_chromium
 
 # The browser helpers of test_browser.py (headless Debian chromium driven by Playwright).
 _spec = importlib.util.spec_from_file_location(
@@ -22,6 +23,7 @@ playwright_api = browser.playwright_api  # the fixture: skips (fails in CI) with
 
 NOTEBOOKS = course.notebook_paths()
 GRADED = [p for p in NOTEBOOKS if course.graded_cells(nbformat.read(p, 4))]
+FEDERATION_NOTICE = re.compile(r"Unsatisfied version|No satisfying version|Available versions")
 PAGE_FETCH_S = 300  # Voila runs the whole notebook before it answers; 2 minutes on 2 free cores
 
 
@@ -167,28 +169,37 @@ def test_app_serves_the_workbench_without_code(tmp_path):
     assert "LiveQuantizer(model, evalset)" not in page, "Voila showed the code cells"
 
 
+# The one console error left, with the memory panel undrawn, in about 1 of 10 fresh loads: the
+# kernel's reply to the page's request for widget states holds the panel's model, and the page
+# still does not find it (issue 23's closing note; open). Everything else must be clean.
+KNOWN_ERROR = "widget model not found"
+
+
 @pytest.mark.slow
-def test_app_widgets_render_in_chromium(playwright_api, tmp_path):
+def test_app_draws_the_workbench_with_a_clean_console(playwright_api, tmp_path):
+    """A fresh page draws the workbench (and the memory panel, but for the known error), shows
+    no code, asks nothing of the internet and logs no console error. Module federation's
+    notices that an extension was built against a newer JupyterLab core than Voila's are
+    warnings, and are counted, not failed on; Voila loads only `course.APP_EXTENSIONS`."""
     browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = playwright_api.chromium.launch_persistent_context(
-        str(tmp_path / "chromium-profile"), executable_path=str(browser.CHROMIUM), headless=True,
-        args=browser.CHROMIUM_FLAGS, viewport={"width": 1600, "height": 1100},
-    )
-    try:
-        with course.app_server() as url:
-            page = context.new_page()
-            requests = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
-            # the memory panel is left out: in Voila it sometimes never draws ("widget model not
-            # found"), a known open problem (issue 19's closing note); the workbench must draw
-            for selector in (".svlab-eer", ".svlab-layer-slider"):
-                page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
-            assert page.locator(".svlab-layer-slider").count() > 1
-            assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
-            assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
-            page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
-            online = [r for r in requests if not r.startswith((url, "data:", "blob:"))]
-            assert not online, f"the app made requests beyond the machine: {online[:5]}"
-    finally:
-        context.close()
+    with open_chromium(playwright_api, tmp_path / "chromium-profile", width=1600) as context, \
+            course.app_server() as url:
+        page = context.new_page()
+        requests, errors, warnings = [], [], []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("console", lambda m: {"error": errors, "warning": warnings}.get(
+            m.type, []).append(m.text))
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
+        for selector in (".svlab-eer", ".svlab-layer-slider", ".svlab-histogram .main-svg"):
+            page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
+        page.wait_for_timeout(3000)  # the memory panel, and any late error
+        page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
+        assert page.locator(".svlab-layer-slider").count() > 1
+        assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
+        assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
+        online = [r for r in requests if not r.startswith((url, "data:", "blob:"))]
+        assert not online, f"the app made requests beyond the machine: {online[:5]}"
+        assert [e for e in errors if KNOWN_ERROR not in e] == [], f"console errors {errors[:3]}"
+        unexpected = [m for m in warnings if not FEDERATION_NOTICE.search(m)]
+        assert unexpected == [], f"console warnings {unexpected[:3]}"
