@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from svlab.memory.figures import category_lines
+from svlab.memory.figures import category_lines, phase_positions, timeline_figure
 from svlab.quant.sensitivity import sensitivity_heatmap, sensitivity_scatter
 
 
@@ -85,3 +85,18 @@ def test_scatter_names_layers_missing_from_one_side():
     measured = pd.Series([1e-3, 1e-2], index=["conv", "emb"])
     with pytest.raises(ValueError, match=r"layers \['emb', 'fc'\] are in only one"):
         sensitivity_scatter(estimate, measured)
+
+
+def test_timelines_of_different_lengths_line_up_phase_by_phase():
+    """A reversible step runs more ops than its vanilla twin; on the phase axis both start
+    each phase at the same place, and each line keeps its peak."""
+    short = pd.DataFrame({"phase": ["forward"] * 2 + ["backward"] * 2 + ["step"],
+                          "live_bytes": [1, 3, 2, 1, 1]})
+    long = pd.DataFrame({"phase": ["forward"] * 6 + ["backward"] * 8 + ["step"] * 2,
+                         "live_bytes": list(range(16))})
+    for line in (short, long):
+        starts = phase_positions(line).groupby(line["phase"], sort=False).min()
+        assert starts.tolist() == [0.0, 1.0, 2.0]
+    fig = timeline_figure({"short": short, "long": long})
+    assert [float(t.y.max()) for t in fig.data] == [3 / 2**30, 15 / 2**30]
+    assert [a.text for a in fig.layout.annotations] == ["forward", "backward", "step"]

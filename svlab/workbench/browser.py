@@ -40,7 +40,10 @@ NOTEBOOK_RUN_S = 300  # the notebook's own budget is 2 minutes on 2 free cores
 UPDATE_S = 60
 
 # Before an action: mark the figures drawn now and remember the status line; a keydown or click
-# (capture phase, so before the widget sees it) stamps the action's start.
+# (capture phase, so before the widget sees it) stamps the action's start. A figure is then
+# drawn when JupyterLab has replaced its plot by a new one with its SVG, or plotly redrew it in
+# place (plotly_afterplot), or its data is the same (an unchanged figure is not sent again).
+# The status line comes last from the kernel, so by then every figure message has arrived.
 MARK = """() => {
     if (!window.__svlabTiming) {
         window.__svlabTiming = true;
@@ -48,22 +51,43 @@ MARK = """() => {
             document.addEventListener(type, () => { window.__svlabStart = performance.now(); },
                                       true);
     }
-    for (const plot of document.querySelectorAll('.svlab-workbench .js-plotly-plot'))
-        plot.__svlabOld = true;
+    for (const plot of document.querySelectorAll('.svlab-workbench .js-plotly-plot')) {
+        plot.__svlabOld = true;  // replaced by a new plot, redrawn in place, or unchanged
+        plot.__svlabData = plot.data;
+        plot.__svlabRedrawn = false;
+        if (!plot.__svlabListening && plot.on) {
+            plot.__svlabListening = true;
+            plot.on('plotly_afterplot', () => { plot.__svlabRedrawn = true; });
+        }
+    }
     window.__svlabStatus = document.querySelector('.svlab-status').textContent;
 }"""
-# Resolves, checked every 5 ms, once both figures are new plots with their SVG drawn and the
-# status line reports the action: milliseconds since the start stamp.
-REDRAWN = """() => new Promise(resolve => {
-    const done = () => {
+# Resolves, checked every 5 ms, once both figures are drawn and the status line reports the
+# action: milliseconds since the start stamp. Rejects after ``timeout_ms``, saying what it
+# still waited for.
+REDRAWN = """(timeout_ms) => new Promise((resolve, reject) => {
+    const waiting = () => {
         const plots = Array.from(
             document.querySelectorAll('.svlab-workbench .svlab-figure .js-plotly-plot'));
         const status = document.querySelector('.svlab-status').textContent;
-        return plots.length === 2 && status !== window.__svlabStatus && /updated in/.test(status)
-            && plots.every(p => !p.__svlabOld && p._fullLayout && p.querySelector('.main-svg'));
+        const missing = [];
+        if (plots.length !== 2) missing.push(`${plots.length} figures`);
+        if (status === window.__svlabStatus || !/updated in/.test(status))
+            missing.push(`status "${status}"`);
+        const drawn = p => p.__svlabOld ? p.__svlabRedrawn || p.data === p.__svlabData
+                                        : !!(p._fullLayout && p.querySelector('.main-svg'));
+        plots.filter(p => !drawn(p)).forEach(p => missing.push(
+            `${p.closest('.svlab-figure').className.match(/svlab-(histogram|det|memory)/)[0]}`
+            + ' not redrawn'));
+        return missing;
     };
-    const tick = () => done() ? resolve(performance.now() - window.__svlabStart)
-                              : setTimeout(tick, 5);
+    const tick = () => {
+        const missing = waiting();
+        if (missing.length === 0) resolve(performance.now() - window.__svlabStart);
+        else if (performance.now() - window.__svlabStart > timeout_ms)
+            reject(new Error(`no redraw after ${timeout_ms} ms: ${missing.join('; ')}`));
+        else setTimeout(tick, 5);
+    };
     tick();
 })"""
 KERNEL_IDLE = """() => {
@@ -193,7 +217,7 @@ def time_slider_moves(page, keys: Sequence[str]) -> list[float]:
         page.evaluate(MARK)
         handle.focus()
         handle.press(key)
-        seconds.append(page.evaluate(REDRAWN) / 1000)
+        seconds.append(page.evaluate(REDRAWN, UPDATE_S * 1000) / 1000)
     return seconds
 
 
@@ -207,4 +231,4 @@ def time_mixed_precision(page) -> float:
     button.scroll_into_view_if_needed()
     page.evaluate(MARK)
     button.click()
-    return page.evaluate(REDRAWN) / 1000
+    return page.evaluate(REDRAWN, UPDATE_S * 1000) / 1000

@@ -72,9 +72,9 @@ class Workbench:
     """Per-layer bits sliders, a global one, quantizer and presets, and the live panels.
 
     ``budget_kb`` starts the mixed-precision budget (default: an eighth of the fp32 size).
-    While an action computes, the panel carries the CSS class ``svlab-busy`` (dimmed), every
-    control is disabled and :attr:`status` says what is computing; the long presets move
-    :attr:`progress`. Afterwards :attr:`status` gives the seconds from the event to the last
+    While an action computes, the panel carries the CSS class ``svlab-busy`` (dimmed),
+    :attr:`status` says what is computing and, for all but a single slider move or histogram
+    pick, every control is disabled; the long presets move :attr:`progress`. Afterwards :attr:`status` gives the seconds from the event to the last
     figure sent.
 
     >>> import numpy as np, torch
@@ -203,8 +203,12 @@ class Workbench:
         self.pick_button.on_click(lambda _: self.apply_pick())
 
     @contextmanager
-    def _action(self, what: str) -> Iterator[None]:
-        """Busy while the block runs (cleared even if it raises), then the time it took."""
+    def _action(self, what: str, lock: bool = True) -> Iterator[None]:
+        """Busy while the block runs (cleared even if it raises), then the time it took.
+
+        ``lock``: disable every control meanwhile. A slider move or a histogram pick (a
+        fraction of a second) only dims the panel: disabling and enabling 25 controls is 50
+        messages for the browser to apply, a third of what it spent on each move."""
         self._depth += 1
         if self._depth > 1:
             try:
@@ -213,7 +217,8 @@ class Workbench:
                 self._depth -= 1
             return
         start = perf_counter()
-        for control in self.controls:
+        locked = self.controls if lock else []
+        for control in locked:
             control.disabled = True
         self.panel.add_class("svlab-busy")
         self.status.value = f"<i>computing {html.escape(what)}...</i>"
@@ -222,7 +227,7 @@ class Workbench:
         finally:
             self._depth = 0
             self.progress.layout.visibility = "hidden"
-            for control in self.controls:
+            for control in locked:
                 control.disabled = False
             self.panel.remove_class("svlab-busy")
             self.status.value = (f"<i>{html.escape(what)}: updated in "
@@ -252,7 +257,7 @@ class Workbench:
     def _on_layer(self, layer: str, change: dict) -> None:
         if self._syncing:
             return
-        with self._action(f"{short_name(layer)} at {change['new']}"):
+        with self._action(f"{short_name(layer)} at {change['new']}", lock=False):
             with self._sync():
                 self.layer_picker.value = layer
             self._report(lambda: self.live.set_bits(layer, bits_value(change["new"])))
@@ -272,7 +277,7 @@ class Workbench:
 
     def _on_pick_layer(self, change: dict) -> None:
         if not self._syncing:
-            with self._action(f"histogram of {short_name(change['new'])}"):
+            with self._action(f"histogram of {short_name(change['new'])}", lock=False):
                 self._draw_histogram()
 
     def _on_quantizer(self, change: dict) -> None:
