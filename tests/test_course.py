@@ -164,42 +164,49 @@ def test_app_serves_the_workbench_without_code(tmp_path):
     assert not re.findall(r'(?:href|src)="https?://(?!127\.0\.0\.1)', page), "an online link"
     assert "Exercises" not in page and "correct" not in page, "the app showed the exercises"
     views = re.findall(r'"application/vnd.jupyter.widget-view\+json": \{"model_id": "\w+"', page)
-    assert len(views) >= 2, "the workbench and the memory panel should both be on the page"
+    assert len(views) == 1, "the dashboard (workbench and memory panel) is one widget"
     assert "LiveQuantizer(model, evalset)" in source
     assert "LiveQuantizer(model, evalset)" not in page, "Voila showed the code cells"
 
 
-# The one console error left, with the memory panel undrawn, in about 1 of 10 fresh loads: the
-# kernel's reply to the page's request for widget states holds the panel's model, and the page
-# still does not find it (issue 23's closing note; open). Everything else must be clean.
-KNOWN_ERROR = "widget model not found"
+APP_LOADS = 8  # fresh pages in a row: the memory panel failed to draw in 2 of 8 before
 
 
 @pytest.mark.slow
-def test_app_draws_the_workbench_with_a_clean_console(playwright_api, tmp_path):
-    """A fresh page draws the workbench (and the memory panel, but for the known error), shows
-    no code, asks nothing of the internet and logs no console error. Module federation's
-    notices that an extension was built against a newer JupyterLab core than Voila's are
-    warnings, and are counted, not failed on; Voila loads only `course.APP_EXTENSIONS`."""
+def test_app_draws_both_panels_every_time_with_a_clean_console(playwright_api, tmp_path):
+    """Each of ``APP_LOADS`` fresh pages (a new page, a new kernel) draws the workbench and
+    the memory panel, shows no code, asks nothing of the internet and logs no console error.
+    Module federation's notices that an extension was built against a newer JupyterLab core
+    than Voila's are warnings, and are counted, not failed on; Voila loads only
+    `course.APP_EXTENSIONS`."""
     browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open_chromium(playwright_api, tmp_path / "chromium-profile", width=1600) as context, \
             course.app_server() as url:
-        page = context.new_page()
-        requests, errors, warnings = [], [], []
-        page.on("request", lambda request: requests.append(request.url))
-        page.on("console", lambda m: {"error": errors, "warning": warnings}.get(
-            m.type, []).append(m.text))
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-        page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
-        for selector in (".svlab-eer", ".svlab-layer-slider", ".svlab-histogram .main-svg"):
-            page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
-        page.wait_for_timeout(3000)  # the memory panel, and any late error
-        page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
-        assert page.locator(".svlab-layer-slider").count() > 1
-        assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
-        assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
-        online = [r for r in requests if not r.startswith((url, "data:", "blob:"))]
-        assert not online, f"the app made requests beyond the machine: {online[:5]}"
-        assert [e for e in errors if KNOWN_ERROR not in e] == [], f"console errors {errors[:3]}"
-        unexpected = [m for m in warnings if not FEDERATION_NOTICE.search(m)]
-        assert unexpected == [], f"console warnings {unexpected[:3]}"
+        for load in range(1, APP_LOADS + 1):
+            _load_the_app(context.new_page(), url, load)
+
+
+def _load_the_app(page, url: str, load: int) -> None:
+    """One fresh page of the app: both panels drawn, no code, nothing online, console clean."""
+    requests, errors, warnings = [], [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda m: {"error": errors, "warning": warnings}.get(m.type, []).append(
+        m.text))
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.goto(f"{url}/", timeout=PAGE_FETCH_S * 1000)
+    for selector in (".svlab-eer", ".svlab-layer-slider", ".svlab-histogram .main-svg",
+                     ".svlab-memory .main-svg", ".svlab-memory-numbers b"):
+        page.wait_for_selector(selector, timeout=PAGE_FETCH_S * 1000)
+    page.wait_for_timeout(500)  # a late error still reaches the console
+    shown = page.inner_text("body")
+    page.screenshot(path=str(browser.ARTIFACTS / "app.png"))
+    assert "model not found" not in shown and "Error displaying widget" not in shown, load
+    assert page.locator(".svlab-layer-slider").count() > 1
+    assert page.locator(".jp-InputArea-editor:visible").count() == 0, "code is shown"
+    assert re.fullmatch(r"\d+\.\d+%", page.locator(".svlab-eer").first.inner_text())
+    online = [r for r in requests if not r.startswith((url, "data:", "blob:"))]
+    assert not online, f"the app made requests beyond the machine: {online[:5]}"
+    assert errors == [], f"load {load}: console errors {errors[:3]}"
+    unexpected = [m for m in warnings if not FEDERATION_NOTICE.search(m)]
+    assert unexpected == [], f"load {load}: console warnings {unexpected[:3]}"
+    page.close()

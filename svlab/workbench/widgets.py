@@ -32,7 +32,8 @@ from svlab.workbench.views import (
     short_name,
 )
 
-__all__ = ["BITS_OPTIONS", "MIXED", "MemoryPanel", "Workbench", "bits_option", "bits_value"]
+__all__ = ["BITS_OPTIONS", "MIXED", "MemoryPanel", "Workbench", "bits_option", "bits_value",
+           "dashboard"]
 BITS_OPTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "fp32")
 MIXED = "mixed"  # the "all layers" slider's reading when the layers' widths differ
 QUANTIZER_LABELS = {
@@ -74,8 +75,8 @@ class Workbench:
     ``budget_kb`` starts the mixed-precision budget (default: an eighth of the fp32 size).
     While an action computes, the panel carries the CSS class ``svlab-busy`` (dimmed),
     :attr:`status` says what is computing and, for all but a single slider move or histogram
-    pick, every control is disabled; the long presets move :attr:`progress`. Afterwards :attr:`status` gives the seconds from the event to the last
-    figure sent.
+    pick, every control is disabled; the long presets move :attr:`progress`. Afterwards
+    :attr:`status` gives the seconds from the event to the last figure sent.
 
     >>> import numpy as np, torch
     >>> from svlab.evaluate import EvalSet
@@ -372,3 +373,31 @@ class Workbench:
         bundle = self.panel._repr_mimebundle_(**kwargs)
         bundle["text/plain"] = f"Workbench({len(self.live.layers)} layers)"
         return bundle
+
+
+def dashboard(workbench: Workbench, memory: MemoryPanel) -> w.VBox:
+    """The workbench and the memory panel as one widget, each under its heading.
+
+    A page that opens on a running kernel (Voila's, a reloaded JupyterLab tab) restores the
+    widgets from the kernel and then looks up each displayed widget's model, waiting up to 2 s
+    and checking the clock before it looks again. With two displayed panels, drawing the first
+    can hold the page past the second one's deadline although its model has arrived: "Error
+    displaying widget: model not found". One displayed widget is one lookup.
+
+    >>> import numpy as np, torch
+    >>> from svlab.evaluate import EvalSet
+    >>> from svlab.models import ResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = ResNet([1, 1], 2, feat_dim=8, embed_dim=4, strides=(1, 2))
+    >>> evalset = EvalSet(["a/1", "a/2", "b/1"], [torch.randn(3, 6, 8)], torch.zeros(3, 8),
+    ...                   [("a/1", "a/2"), ("a/1", "b/1"), ("a/2", "b/1")], np.array([1, 0, 0]))
+    >>> board = dashboard(Workbench(LiveQuantizer(net, evalset)),
+    ...                   MemoryPanel(batch_size=8, frames=20, num_classes=10))
+    >>> [type(child).__name__ for child in board.children]
+    ['HTML', 'VBox', 'HTML', 'HBox']
+    """
+    board = w.VBox([w.HTML("<h3>Quantization</h3>"), workbench.widget,
+                    w.HTML("<h3>Training memory</h3>"), memory.widget],
+                   layout=w.Layout(width="100%"))
+    board.add_class("svlab-dashboard")
+    return board
