@@ -14,6 +14,11 @@ re-score of each layer at 4 bits (its k-means codebook fitted in the move) throu
 the ci tutorial ResNet (``checkpoints/tutorial_resnet.pt``), the trials ``workbench_trials``
 (4 utterances per test speaker, first 2 s, every pair). The load average is recorded: on
 shared cores the numbers move a lot; the target (median move under 0.5 s) is for an idle machine.
+
+``--model campplus`` runs the same on 3D-Speaker's real CAM++ (``make weights``; 225 layers,
+its own front end, the prefix cache cut at each dense layer) as notebook 09 opens it: 3
+utterances per test speaker, first second, 20 moves, every 15th layer re-scored cold; it
+writes ``benchmarks/results/widgets_campplus.json`` (target: a move under 2 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,13 +36,19 @@ import torch
 
 from svlab.checkpoint import load_model
 from svlab.evaluate import EvalSet
+from svlab.models import load_pretrained
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 from svlab.storage import atomic_write
+from svlab.weights import weights_path
 from svlab.workbench.engine import LiveQuantizer, torch_threads, workbench_trials
 from svlab.workbench.widgets import BITS_OPTIONS, Workbench
 
 RESULTS = Path(__file__).parent / "results" / "widgets.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"
+MODELS = {  # model: (results file, moves, utterances per speaker, seconds, cold re-score every)
+    "tutorial_resnet": (RESULTS, 40, 4, 2.0, 1),
+    "campplus": (RESULTS.with_name("widgets_campplus.json"), 20, 3, 1.0, 15),
+}
 
 
 def timed(fn) -> float:
@@ -83,30 +94,38 @@ def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10 moves, every 3rd layer cold")
-    parser.add_argument("--moves", type=int, default=40)
-    parser.add_argument("--per-speaker", type=int, default=4)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tutorial_resnet")
+    parser.add_argument("--moves", type=int, help="default: 40 (ResNet), 20 (CAM++)")
+    parser.add_argument("--per-speaker", type=int, help="default: 4 (ResNet), 3 (CAM++)")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     args = parser.parse_args()
     seed_everything(0)
-    moves_n = 10 if args.quick else args.moves
+    results, moves_n, per_speaker, seconds, cold_every = MODELS[args.model]
+    moves_n = 10 if args.quick else args.moves or moves_n
+    per_speaker = args.per_speaker or per_speaker
     root = get_profile("ci").ensure_corpus()
-    if not args.checkpoint.is_file():
+    if args.model == "campplus":
+        model, name = load_pretrained(weights_path("campplus_cn_en_common.pt")), "campplus"
+    elif not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint} is missing: run `make checkpoints` first")
-    model = load_model(args.checkpoint)
-    trials = workbench_trials(root, per_speaker=args.per_speaker)
-    evalset = EvalSet.from_trials(trials, root / "wav", max_seconds=2.0)
+    else:
+        model, name = load_model(args.checkpoint), args.checkpoint.name
+    trials = workbench_trials(root, per_speaker=per_speaker)
+    evalset = EvalSet.from_trials(trials, root / "wav", max_seconds=seconds)
     layers = LiveQuantizer(model, evalset).layers
     rng = np.random.default_rng(0)
     moves = [(layers[rng.integers(len(layers))], BITS_OPTIONS[rng.integers(len(BITS_OPTIONS))])
              for _ in range(moves_n)]
-    cold_layers = layers[::3] if args.quick else layers
+    cold_layers = layers[:: max(cold_every, 3 if args.quick else 1)]
     load_before = os.getloadavg()
     settings = {
         "torch threads": measure(model, evalset, None, moves, cold_layers),
         "1 thread": measure(model, evalset, 1, moves, cold_layers),
     }
     summary = {
-        "model": args.checkpoint.name,
+        "model": name,
+        "layers": len(layers),
+        "max_seconds": seconds,
         "utterances": len(evalset.keys),
         "trials": len(trials),
         "quick": args.quick,
@@ -124,7 +143,7 @@ def main() -> None:
     for key, value in summary.items():
         print(f"{key:32s} {value}")
     text = json.dumps({"summary": summary, "settings": settings, "moves": moves}, indent=1)
-    atomic_write(RESULTS, lambda f: f.write(text.encode()))
+    atomic_write(results, lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
