@@ -18,6 +18,12 @@ shared cores the numbers move a lot; the target (median move under 0.5 s) is for
 ``--browser`` adds what a learner waits for in JupyterLab (:mod:`svlab.workbench.browser`:
 notebook 07 run in headless chromium): seconds from each slider key press, and from the
 mixed-precision click, to the last figure drawn in the page.
+
+``--model campplus`` runs the same on 3D-Speaker's real CAM++ (``make weights``; 225 layers,
+its own front end, the prefix cache cut at each dense layer) as notebook 09 opens it: 3
+utterances per test speaker, first second, 20 moves, every 15th layer re-scored cold, on the
+workbench's default one thread only; it writes ``benchmarks/results/widgets_campplus.json``
+(target: a move under 2 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import torch
 
 from svlab.checkpoint import load_model
 from svlab.evaluate import EvalSet
+from svlab.models import load_pretrained
 from svlab.profiles import REPO_ROOT, get_profile, seed_everything
 from svlab.storage import atomic_write
+from svlab.weights import weights_path
 from svlab.workbench.engine import LiveQuantizer, torch_threads, workbench_trials
 from svlab.workbench.widgets import BITS_OPTIONS, Workbench
 
@@ -45,6 +53,11 @@ RESULTS = Path(__file__).parent / "results" / "widgets.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "tutorial_resnet.pt"
 NOTEBOOK = REPO_ROOT / "notebooks" / "07_workbench.ipynb"
 BROWSER_KEYS = ["Home", *["ArrowRight"] * 7, *["ArrowLeft"] * 7]  # 15 moves of the first layer
+MODELS = {  # model: (results file, moves, utterances per speaker, seconds, cold re-score every,
+    # thread settings: the comparison on the ResNet, the workbench's default on CAM++)
+    "tutorial_resnet": (RESULTS, 40, 4, 2.0, 1, {"torch threads": None, "1 thread": 1}),
+    "campplus": (RESULTS.with_name("widgets_campplus.json"), 20, 3, 1.0, 15, {"1 thread": 1}),
+}
 
 
 def timed(fn) -> float:
@@ -57,8 +70,11 @@ def p90(values: list[float]) -> float:
     return float(np.percentile(values, 90))
 
 
-def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], layers) -> dict:
-    """One setting: slider moves through the widget, cold re-scores, full re-embeddings."""
+def measure(
+    model, evalset, threads: int | None, moves: list[tuple[str, str]], layers, mixed: bool
+) -> dict:
+    """One setting: slider moves through the widget, cold re-scores, full re-embeddings, and
+    (``mixed``) the first press of the mixed-precision preset."""
     live = LiveQuantizer(model, evalset, threads=threads)
     cold = []
     for layer in layers:
@@ -74,7 +90,8 @@ def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], l
             option = "fp32" if option != "fp32" else "4"
         seconds.append(timed(lambda slider=slider, option=option: setattr(slider, "value",
                                                                           option)))
-    mixed = timed(wb.mixed_button.click)  # the first press: Hessian traces and codebooks
+    if mixed:  # the first press: Hessian traces and every layer's codebooks
+        seconds_mixed = timed(wb.mixed_button.click)
     return {
         "threads": threads if threads is not None else torch.get_num_threads(),
         "slider_moves": len(seconds),
@@ -83,7 +100,7 @@ def measure(model, evalset, threads: int | None, moves: list[tuple[str, str]], l
         "median_cold_rescore_s": statistics.median(cold),
         "p90_cold_rescore_s": p90(cold),
         "median_reembed_all_s": statistics.median(full),
-        "mixed_precision_s": mixed,
+        **({"mixed_precision_s": seconds_mixed} if mixed else {}),
         "move_seconds": seconds,
         "cold_seconds": dict(zip(layers, cold, strict=True)),
     }
@@ -117,34 +134,41 @@ def measure_browser() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10 moves, every 3rd layer cold")
-    parser.add_argument("--moves", type=int, default=40)
-    parser.add_argument("--per-speaker", type=int, default=4)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tutorial_resnet")
+    parser.add_argument("--moves", type=int, help="default: 40 (ResNet), 20 (CAM++)")
+    parser.add_argument("--per-speaker", type=int, help="default: 4 (ResNet), 3 (CAM++)")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     parser.add_argument("--browser", action="store_true",
                         help="also time notebook 07 in headless chromium (JupyterLab)")
     args = parser.parse_args()
     seed_everything(0)
-    moves_n = 10 if args.quick else args.moves
+    results, moves_n, per_speaker, seconds, cold_every, threads = MODELS[args.model]
+    moves_n = 10 if args.quick else args.moves or moves_n
+    per_speaker = args.per_speaker or per_speaker
     root = get_profile("ci").ensure_corpus()
-    if not args.checkpoint.is_file():
+    if args.model == "campplus":
+        model, name = load_pretrained(weights_path("campplus_cn_en_common.pt")), "campplus"
+    elif not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint} is missing: run `make checkpoints` first")
-    model = load_model(args.checkpoint)
-    trials = workbench_trials(root, per_speaker=args.per_speaker)
-    evalset = EvalSet.from_trials(trials, root / "wav", max_seconds=2.0)
+    else:
+        model, name = load_model(args.checkpoint), args.checkpoint.name
+    trials = workbench_trials(root, per_speaker=per_speaker)
+    evalset = EvalSet.from_trials(trials, root / "wav", max_seconds=seconds)
     layers = LiveQuantizer(model, evalset).layers
     rng = np.random.default_rng(0)
     moves = [(layers[rng.integers(len(layers))], BITS_OPTIONS[rng.integers(len(BITS_OPTIONS))])
              for _ in range(moves_n)]
-    cold_layers = layers[::3] if args.quick else layers
+    cold_layers = layers[:: max(cold_every, 3 if args.quick else 1)]
     load_before = os.getloadavg()
-    settings = {
-        "torch threads": measure(model, evalset, None, moves, cold_layers),
-        "1 thread": measure(model, evalset, 1, moves, cold_layers),
-    }
+    mixed = args.model == "tutorial_resnet"  # CAM++: 225 layers' codebooks, minutes
+    settings = {name: measure(model, evalset, n, moves, cold_layers, mixed)
+                for name, n in threads.items()}
     if args.browser:
         settings["browser (1 thread)"] = measure_browser()
     summary = {
-        "model": args.checkpoint.name,
+        "model": name,
+        "layers": len(layers),
+        "max_seconds": seconds,
         "utterances": len(evalset.keys),
         "trials": len(trials),
         "quick": args.quick,
@@ -162,7 +186,7 @@ def main() -> None:
     for key, value in summary.items():
         print(f"{key:32s} {value}")
     text = json.dumps({"summary": summary, "settings": settings, "moves": moves}, indent=1)
-    atomic_write(RESULTS, lambda f: f.write(text.encode()))
+    atomic_write(results, lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":

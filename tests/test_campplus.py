@@ -11,14 +11,12 @@ from svlab.models.pretrained import PretrainedError, export_state, read_pretrain
 from svlab.profiles import get_profile
 from svlab.weights import weights_path
 
+from equivalence import rel_err
+
 speakerlab_campplus = pytest.importorskip("speakerlab.models.campplus.DTDNN")
 speakerlab_processor = pytest.importorskip("speakerlab.process.processor")
 
 REAL = weights_path("campplus_cn_en_common.pt")  # fails with "make weights" when missing
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def test_front_end_is_speakerlabs_fbank():

@@ -7,14 +7,12 @@ import torch
 from svlab.models import build, count_parameters, load_pretrained
 from svlab.models.pretrained import PretrainedError, export_state, read_pretrained
 
+from equivalence import rel_err
+
 speakerlab_eres2net = pytest.importorskip("speakerlab.models.eres2net.ERes2Net")
 speakerlab_eres2netv2 = pytest.importorskip("speakerlab.models.eres2net.ERes2NetV2")
 
 SMALL = dict(m_channels=8, feat_dim=40, embedding_size=16)  # speakerlab's argument names
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def randomized(reference: torch.nn.Module) -> torch.nn.Module:

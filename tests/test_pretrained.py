@@ -20,6 +20,8 @@ from svlab.models.pretrained import PretrainedError, export_state, read_pretrain
 from svlab.quant import quantize_model
 from svlab.train import TrainConfig, train
 
+from equivalence import hashed_state, rel_err
+
 FIXTURES = Path(__file__).parent / "fixtures"
 RESNET_FILE = FIXTURES / "wespeaker_resnet34_m4_avg_model.pt"
 IO = torch.load(FIXTURES / "wespeaker_io.pt", weights_only=True)
@@ -27,35 +29,6 @@ IO = torch.load(FIXTURES / "wespeaker_io.pt", weights_only=True)
 sb_ecapa = pytest.importorskip("speechbrain.lobes.models.ECAPA_TDNN")
 sb_features = pytest.importorskip("speechbrain.lobes.features")
 sb_processing = pytest.importorskip("speechbrain.processing.features")
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-def hash_uniform(n: int, k: int) -> torch.Tensor:
-    """The fixture's weight generator (tests/fixtures/README.md): integer hash -> [-0.5, 0.5)."""
-    h = (torch.arange(n, dtype=torch.int64) + k * 1_000_003) & 0xFFFFFFFF
-    for _ in range(2):
-        h = (((h >> 16) ^ h) * 0x45D9F3B) & 0xFFFFFFFF
-    h = (h >> 16) ^ h
-    return (h & 0xFFFF).float() / 65536 - 0.5
-
-
-def hashed_state(shapes: dict) -> dict:
-    state = {}
-    for k, (key, shape) in enumerate(shapes.items()):
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-            continue
-        u = hash_uniform(torch.Size(shape).numel(), k).reshape(shape)
-        if len(shape) >= 2:
-            state[key] = u * (2.0 / torch.Size(shape[1:]).numel() ** 0.5)
-        elif key.endswith("running_var") or (key.endswith("weight") and "bn" in key):
-            state[key] = 1.0 + u
-        else:
-            state[key] = 0.4 * u
-    return state
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

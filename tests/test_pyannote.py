@@ -20,13 +20,11 @@ from svlab.models.pretrained import (
 )
 from svlab.storage import CheckpointError
 
+from equivalence import rel_err
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINT = FIXTURES / "pyannote_resnet34_m2_pytorch_model.bin"
 IO = torch.load(FIXTURES / "pyannote_io.pt", weights_only=True)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

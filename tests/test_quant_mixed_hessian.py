@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from svlab.quant import quantize_model
+from svlab.models import ResNet
+from svlab.models.campplus import CAMPPlus
+from svlab.quant import quantizable_names, quantize_model
 from svlab.quant.hessian import (
     embedding_distortion_loss,
+    gauss_newton_trace,
     hessian_sensitivity,
     hutchinson_trace,
     measured_sensitivity,
@@ -95,6 +98,36 @@ def test_embedding_distortion_trace_is_gauss_newton_and_positive():
     block = torch.kron(torch.eye(4, dtype=torch.float64), 2 / 5 * hidden.T @ hidden)
     assert abs(traces["fc"] - float(torch.trace(block))) < tolerance(block, n)
     assert traces["conv"] > 0
+
+
+def test_gauss_newton_traces_equal_the_double_backward_ones():
+    torch.manual_seed(0)
+    net = ResNet([1, 1], 4, feat_dim=16, embed_dim=8, strides=(1, 2)).eval()
+    x = torch.randn(3, 20, 16)
+    params = {name: p for name, p in net.named_parameters() if name in quantizable_names(net)}
+    slow = hutchinson_trace(embedding_distortion_loss(net, x), params, n_samples=3, seed=4)
+    fast = gauss_newton_trace(net, x, params, n_samples=3, seed=4, chunk=3)
+    assert list(fast) == list(slow)
+    for name in params:
+        assert fast[name] == pytest.approx(slow[name], rel=1e-4, abs=1e-9), name
+
+
+def test_gauss_newton_traces_stay_finite_through_a_constant_pooled_channel():
+    """A channel that ReLU zeroes everywhere has standard deviation 0 over time: the
+    double-backward of CAM++'s mean-and-std pooling is NaN there, the Gauss-Newton form is not."""
+    torch.manual_seed(0)
+    net = CAMPPlus(feat_dim=16, embed_dim=8, head_width=4, init_channels=16, growth_rate=4,
+                   dense_layers=(1, 1, 1)).eval()  # fmt: skip
+    with torch.no_grad():
+        net.xvector.out_nonlinear.batchnorm.bias[0] = -1e3  # channel 0 is dead after the ReLU
+    x = torch.randn(2, 40, 16)
+    params = {"late": net.xvector.dense.linear.weight, "early": net.head.conv1.weight}
+    slow = hutchinson_trace(embedding_distortion_loss(net, x), params, n_samples=2)
+    fast = gauss_newton_trace(net, x, params, n_samples=2)
+    assert math.isnan(slow["early"])
+    assert all(math.isfinite(v) and v > 0 for v in fast.values())
+    table = model_hessian_sensitivity(net, x, (2, 4), n_samples=2)
+    assert all(math.isfinite(v) for row in table.values() for v in row.values())
 
 
 def test_sensitivity_is_trace_per_weight_times_error():

@@ -10,39 +10,12 @@ from svlab.losses import AAMSoftmax
 from svlab.models import build, load_pretrained
 from svlab.models.pretrained import export_state, read_pretrained
 
+from equivalence import hashed_state, rel_err
+
 FIXTURES = Path(__file__).parent / "fixtures"
 IO = torch.load(FIXTURES / "wespeaker_campplus_io.pt", weights_only=True)
 OVERRIDES = dict(feat_dim=40, embed_dim=16, head_width=32, head_blocks=(2, 2), init_channels=16,
                  growth_rate=8, bn_size=2, dense_layers=(12, 24, 16), kernel_size=3)  # fmt: skip
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-def hash_uniform(n: int, k: int) -> torch.Tensor:
-    """The fixture's weight generator (tests/fixtures/README.md): integer hash -> [-0.5, 0.5)."""
-    h = (torch.arange(n, dtype=torch.int64) + k * 1_000_003) & 0xFFFFFFFF
-    for _ in range(2):
-        h = (((h >> 16) ^ h) * 0x45D9F3B) & 0xFFFFFFFF
-    h = (h >> 16) ^ h
-    return (h & 0xFFFF).float() / 65536 - 0.5
-
-
-def hashed_state(shapes: dict) -> dict:
-    state = {}
-    for k, (key, shape) in enumerate(shapes.items()):
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-            continue
-        u = hash_uniform(torch.Size(shape).numel(), k).reshape(shape)
-        if len(shape) >= 2:
-            state[key] = u * (2.0 / torch.Size(shape[1:]).numel() ** 0.5)
-        elif key.endswith("running_var") or (key.endswith("weight") and "bn" in key):
-            state[key] = 1.0 + u
-        else:
-            state[key] = 0.4 * u
-    return state
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

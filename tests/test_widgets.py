@@ -478,3 +478,23 @@ def test_a_model_with_its_own_front_end_opens_in_the_workbench(tmp_path):
     quantized = live.set_bits(live.layers[-1], 2).eer
     reference = evalset.score(quantize_model(ecapa, {live.layers[-1]: 2}))["eer"]
     assert quantized == pytest.approx(reference, abs=1e-9)
+
+
+def test_mixed_precision_opens_on_a_model_without_second_derivatives():
+    """A dead ReLU channel before CAM++'s mean-and-std pooling makes the double-backward trace
+    NaN; the workbench then takes the same estimate from first-order gradients, and the
+    mixed-precision preset applies instead of refusing a NaN table."""
+    from svlab.models.campplus import CAMPPlus
+
+    torch.manual_seed(0)
+    net = CAMPPlus(feat_dim=16, embed_dim=8, head_width=4, init_channels=16, growth_rate=4,
+                   dense_layers=(1, 1, 1)).eval()  # fmt: skip
+    with torch.no_grad():
+        net.xvector.out_nonlinear.batchnorm.bias[0] = -1e3  # channel 0 is dead after the ReLU
+    net.front_end = "kaldi"  # the random features below stand in for its own
+    live = LiveQuantizer(net, tiny_evalset(), layers=["head.conv1.weight",
+                                                      "xvector.dense.linear.weight"])
+    table = live.hessian_table(choices=(2, 4), n_samples=2)
+    assert all(np.isfinite(v) for row in table.values() for v in row.values())
+    bit_map = live.mixed_precision(live.size_bytes(dict.fromkeys(live.layers, 4)), (2, 4))
+    assert set(bit_map) == set(live.layers)

@@ -281,5 +281,24 @@ class CAMPPlus(nn.Module):
         layers["dense"] = Embedding(2 * channels, embed_dim)
         self.xvector = nn.Sequential(layers)
 
+    def cache_points(self) -> list[str]:
+        """The blocks whose outputs a prefix cache keeps (:mod:`svlab.workbench.cache`): the
+        head whole, then each TDNN, dense layer and transit, the pooling and the embedding, so
+        that a change to a late layer re-runs only the layers after it.
+
+        >>> net = CAMPPlus(feat_dim=16, embed_dim=8, head_width=4, init_channels=16, growth_rate=4,
+        ...                dense_layers=(2, 1, 1))
+        >>> net.cache_points()[:5], net.cache_points()[-3:]
+        (['head', 'xvector.tdnn', 'xvector.block1.tdnnd1', 'xvector.block1.tdnnd2', \
+'xvector.transit1'], ['xvector.out_nonlinear', 'xvector.stats', 'xvector.dense'])
+        """
+        points = ["head"]
+        for name, module in self.xvector.named_children():
+            if isinstance(module, DenseBlock):
+                points += [f"xvector.{name}.{layer}" for layer in module]
+            else:
+                points.append(f"xvector.{name}")
+        return points
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.xvector(self.head(feats.transpose(1, 2)))

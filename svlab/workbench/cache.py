@@ -15,15 +15,26 @@ from torch import nn
 
 
 def default_cache_points(model: nn.Module) -> list[str]:
-    """The blocks whose outputs are cached: the model's children, with lists opened one level.
+    """The blocks whose outputs are cached: the ones the model declares, else its children with
+    lists opened one level.
 
-    A ``ModuleList`` child (the stages of a ResNet, the blocks of an ECAPA-TDNN) is replaced by
-    its items, and an item that is an ``nn.Sequential`` (a ResNet stage) by its blocks.
+    A model with a ``cache_points()`` method names its blocks itself (CAM++: each dense layer,
+    whose blocks are nested two levels down). Otherwise a ``ModuleList`` child (the stages of a
+    ResNet, the blocks of an ECAPA-TDNN) is replaced by its items, and an item that is an
+    ``nn.Sequential`` (a ResNet stage) by its blocks.
 
     >>> from svlab.models import ResNet
     >>> default_cache_points(ResNet([2, 1], 2, feat_dim=8, embed_dim=4, strides=(1, 2)))
     ['stem', 'stages.0.0', 'stages.0.1', 'stages.1.0', 'pool', 'embedding']
+    >>> from svlab.models.campplus import CAMPPlus
+    >>> net = CAMPPlus(feat_dim=16, embed_dim=8, head_width=4, init_channels=16, growth_rate=4,
+    ...                dense_layers=(2, 1, 1))
+    >>> default_cache_points(net)[:3]
+    ['head', 'xvector.tdnn', 'xvector.block1.tdnnd1']
     """
+    declared = getattr(model, "cache_points", None)
+    if callable(declared):
+        return list(declared())
     points = []
     for name, child in model.named_children():
         if not isinstance(child, nn.ModuleList):

@@ -9,6 +9,7 @@ trials. Everything the workbench panels show is read from here, so it is tested 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,12 @@ from svlab.metrics import det_curve, eer_difference_interval, eer_interval
 from svlab.quant import clone_model, fit_quantizer, quantizable_names
 from svlab.quant.allocate import DEFAULT_CHOICES, allocate_bits
 from svlab.quant.binarize import Binarizer
-from svlab.quant.hessian import embedding_distortion_loss, hessian_sensitivity, hutchinson_trace
+from svlab.quant.hessian import (
+    embedding_distortion_loss,
+    gauss_newton_trace,
+    hessian_sensitivity,
+    hutchinson_trace,
+)
 from svlab.quant.packed import model_size, packed_layer_bytes
 from svlab.workbench.cache import PrefixCache
 from svlab.workbench.trials import workbench_trials as workbench_trials  # where it was
@@ -318,8 +324,10 @@ class LiveQuantizer:
     ) -> dict[str, dict[int, float]]:
         """HAWQ-v2 sensitivity ``tr(H) / n * ||Q_b(W) - W||^2`` per layer and bit width
         (:func:`svlab.quant.hessian.hessian_sensitivity`), with the Hessian of the embedding
-        drift on the first ``HESSIAN_UTTERANCES`` evaluation utterances and this workbench's
-        quantizer. ``progress`` hears of the trace, then of each layer's codebooks."""
+        drift on the first ``HESSIAN_UTTERANCES`` evaluation utterances (double backward; where
+        that is not finite, the same estimate as Gauss-Newton products,
+        :func:`svlab.quant.hessian.gauss_newton_trace`) and this workbench's quantizer.
+        ``progress`` hears of the trace, then of each layer's codebooks."""
         total = len(self.layers) + 1
         if n_samples not in self._traces:
             reference = clone_model(self.model)
@@ -327,11 +335,16 @@ class LiveQuantizer:
             with torch.no_grad():
                 for layer in self.layers:
                     params[layer].copy_(self.original[layer])
+            batch = self.batches[0][:HESSIAN_UTTERANCES]
+            chosen = {layer: params[layer] for layer in self.layers}
             with torch_threads(self.threads):
-                loss = embedding_distortion_loss(reference,
-                                                 self.batches[0][:HESSIAN_UTTERANCES])
-                chosen = {layer: params[layer] for layer in self.layers}
-                self._traces[n_samples] = hutchinson_trace(loss, chosen, n_samples=n_samples)
+                traces = hutchinson_trace(embedding_distortion_loss(reference, batch), chosen,
+                                          n_samples=n_samples)
+                if not all(math.isfinite(t) for t in traces.values()):
+                    # no second derivative at a dead channel before a standard deviation
+                    # (CAM++'s pooling): the same estimate from first-order gradients
+                    traces = gauss_newton_trace(reference, batch, chosen, n_samples=n_samples)
+            self._traces[n_samples] = traces
         _tell(progress, 1, total)
         table = {}
         for done, layer in enumerate(self.layers, 2):
