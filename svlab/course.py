@@ -320,15 +320,17 @@ def app_notebook(source: Path = APP_NOTEBOOK, out: Path = BUILD / "app") -> Path
 
 def app_command(notebook: Path, port: int = 8866) -> list[str]:
     """The Voila command that serves ``notebook`` on loopback with its code cells hidden, in
-    svlab's template (Voila's lab template without its CDN requests; see `app_environment`).
+    svlab's template (Voila's lab template without its CDN requests; see `app_environment`),
+    loading only the lab extensions of `APP_EXTENSIONS`.
 
-    >>> app_command(Path("app.ipynb"), port=9000)[-1]
-    '--port=9000'
+    >>> command = app_command(Path("app.ipynb"), port=9000)
+    >>> command[-1], "jupyterlab-plotly" in command[-2]
+    ('--port=9000', True)
     """
     return [
         sys.executable, "-m", "voila", str(notebook), "--no-browser", "--strip_sources=True",
-        "--template=svlab", "--Voila.ip=127.0.0.1", f"--port={port}",
-        f"--VoilaConfiguration.extension_allowlist={list(APP_EXTENSIONS)}",
+        "--template=svlab", "--Voila.ip=127.0.0.1",
+        f"--VoilaConfiguration.extension_allowlist={list(APP_EXTENSIONS)}", f"--port={port}",
     ]
 
 
