@@ -11,9 +11,11 @@ moves beyond the tolerance the check raises :class:`LessonCheckError`, naming bo
 Fine-tuning is the exception. A few dozen steps of SGD amplify those 1e-7 differences: the same
 ci notebook, run under other kernels, moved a fine-tuned multi-bit model's EER by up to 0.3
 points and a fine-tuned 1-bit model's by up to 1.1 (a latent weight near zero crosses it on one
-machine and not on another). Fine-tuned results are therefore checked within
-``FINE_TUNED_POINTS`` (1.0) and ``BINARY_FINE_TUNED_POINTS`` (1.5): they still catch a
-fine-tuning that stops working, not a 0.3-point change, and the lessons say so.
+machine and not on another); on another x86-64 machine the portable kernels moved the adaptive
+binarizer's, after 30 steps, by 2.0 (14.8% to 16.8%; its verdict against fp32 fine-tuned held).
+Fine-tuned results are therefore checked within ``FINE_TUNED_POINTS`` (1.0) and
+``BINARY_FINE_TUNED_POINTS`` (2.5): they still catch a fine-tuning that stops working (1-bit
+models left untuned sit 20-25 points above), not a 0.3-point change, and the lessons say so.
 
 Calibrated compression (``svlab.quant.compress``) amplifies them too: GPTQ rounds each weight
 by the calibration statistics, and a weight near a rounding boundary goes either way; the same
@@ -35,7 +37,7 @@ import pandas as pd
 EER_POINTS = 0.2
 CALIBRATED_POINTS = 1.0
 FINE_TUNED_POINTS = 1.0
-BINARY_FINE_TUNED_POINTS = 1.5
+BINARY_FINE_TUNED_POINTS = 2.5
 _NUMBER = r"[+-]?\d+(?:\.\d+)?"
 _EER = re.compile(rf"^\s*(?P<eer>{_NUMBER})% \[(?P<low>{_NUMBER}), (?P<high>{_NUMBER})\]")
 _DIFFERENCE = re.compile(
