@@ -65,9 +65,12 @@ def test_store_gives_the_in_memory_scores_on_a_ci_list(trial_list, model, cohort
     assert isinstance(in_memory, EvalSet) and isinstance(stored, StoredEvalSet)
     expected = in_memory.score(model, backend, cohort, top_n=10)
     result = stored.score(model, backend, cohort, top_n=10)
-    np.testing.assert_array_equal(result["scores"], expected["scores"])
+    # to the last bits: AS-norm's cohort statistics come from matrix products of other shapes
+    # (trials in chunks), whose BLAS kernels round differently (seen: 8 of 400 at 2e-15)
+    np.testing.assert_allclose(result["scores"], expected["scores"], rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(result["labels"], expected["labels"])
-    assert (result["eer"], result["min_dcf"]) == (expected["eer"], expected["min_dcf"])
+    assert result["eer"] == pytest.approx(expected["eer"], abs=1e-12)
+    assert result["min_dcf"] == pytest.approx(expected["min_dcf"], abs=1e-12)
 
 
 def test_a_store_is_reused_without_reading_audio(stored, model, tmp_path):
