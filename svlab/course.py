@@ -8,14 +8,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +18,7 @@ from pathlib import Path
 import nbformat
 
 from svlab.profiles import REPO_ROOT
+from svlab.servers import free_port, stop_process_group, wait_for_answer
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BUILD = REPO_ROOT / "build"
@@ -344,15 +340,10 @@ def app_environment() -> dict[str, str]:
     return {**os.environ, "JUPYTER_PATH": os.pathsep.join(p for p in paths if p)}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now.
-
-    >>> 0 < free_port() < 65536
-    True
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _text(file) -> str:
+    """All a temporary file's bytes as text."""
+    file.seek(0)
+    return file.read().decode(errors="replace")
 
 
 @contextmanager
@@ -371,43 +362,12 @@ def app_server(notebook: Path = APP_NOTEBOOK, port: int | None = None, start_s: 
         stdout=log, stderr=subprocess.STDOUT, env=app_environment(),
     )
     try:
-        deadline = time.monotonic() + start_s
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"voila exited ({process.returncode}): "
-                                   f"{log.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/voila/static/", timeout=5):
-                    break
-            except urllib.error.HTTPError:  # any HTTP answer: the server is up
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"voila did not answer on {url} in {start_s} s") from None
-                time.sleep(0.5)
+        wait_for_answer(process, f"{url}/voila/static/", start_s, "voila", lambda: _text(log),
+                        errors_answer=True)  # any HTTP answer: the server is up
         yield url
     finally:
         stop_process_group(process)
         log.close()
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM a server started with ``start_new_session=True`` and its group (kernels
-    included), SIGKILL after ``grace_s`` seconds; nothing if it has exited.
-
-    >>> sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    >>> stop_process_group(sleeper); sleeper.returncode == -signal.SIGTERM
-    True
-    """
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace_s)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,22 +10,15 @@ composite value; the same server without the flag is the control, showing the de
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shlex
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from svlab.course import free_port, stop_process_group
+from svlab.workbench.browser import LAB_SETTINGS, lab_server
 
 REPO = Path(__file__).resolve().parents[1]
 NOTIFICATION = "@jupyterlab/apputils-extension:notification"
-START_S = 90
 
 
 def _make_lab_settings_flag() -> str:
@@ -40,42 +33,13 @@ def _make_lab_settings_flag() -> str:
     return flags[0]
 
 
-def _notification_settings(tmp_path: Path, extra: list[str]) -> dict:
-    """JupyterLab on loopback with ``extra`` arguments: its effective notification settings."""
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={tmp_path}", f"--LabApp.user_settings_dir={tmp_path / 'user'}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", *extra,
-    ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log = tmp_path / "jupyterlab.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/lab/api/settings/{NOTIFICATION}",
-        headers={"Authorization": f"token {token}"},
-    )
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"JupyterLab exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(request, timeout=5) as answer:
-                    plugin = json.load(answer)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer in {START_S} s")
-                time.sleep(0.5)
-    finally:
-        stop_process_group(process)
+def _notification_settings(tmp_path: Path, settings: list[str]) -> dict:
+    """JupyterLab on loopback with ``settings`` arguments: its effective notification settings."""
+    with lab_server(None, tmp_path, settings) as (url, token, _):
+        request = urllib.request.Request(f"{url}/lab/api/settings/{NOTIFICATION}",
+                                         headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            plugin = json.load(answer)
     # the server folds overrides into the schema's defaults; the user's own values come on top
     defaults = {key: spec.get("default") for key, spec in plugin["schema"]["properties"].items()}
     return {**defaults, **plugin["settings"]}
@@ -85,6 +49,7 @@ def test_make_lab_turns_jupyterlab_news_off(tmp_path):
     flag = _make_lab_settings_flag()
     shipped = Path(flag.split("=", 1)[1])
     assert shipped == REPO / "jupyter" / "settings", flag
+    assert flag == LAB_SETTINGS  # the browser tests' JupyterLab starts as `make lab` does
 
     (tmp_path / "default").mkdir()
     (tmp_path / "make_lab").mkdir()

@@ -16,14 +16,13 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from svlab.course import free_port, stop_process_group
 from svlab.profiles import REPO_ROOT
+from svlab.servers import free_port, stop_process_group, wait_for_answer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -101,17 +100,24 @@ KERNEL_IDLE = """() => {
 }"""
 
 
+LAB_SETTINGS = f"--LabApp.app_settings_dir={REPO_ROOT / 'jupyter' / 'settings'}"  # no news
+
+
 @contextmanager
-def lab_server(notebook: Path, work: Path) -> Iterator[tuple[str, str, Path]]:
-    """Serve a copy of ``notebook`` in ``work`` with JupyterLab, settings as ``make lab``'s;
-    yield ``(url, token, log)``; always stop it (and its kernels).
+def lab_server(
+    notebook: Path | None, work: Path, settings: Sequence[str] = (LAB_SETTINGS,)
+) -> Iterator[tuple[str, str, Path]]:
+    """Serve ``work`` (a copy of ``notebook`` in it, if one is given) with JupyterLab on
+    loopback, with ``settings`` (as ``make lab`` by default); yield ``(url, token, log)`` once
+    it answers; always stop it (and its kernels).
 
     >>> with lab_server(Path("notebooks/07_workbench.ipynb"), Path("/tmp/lab")) as (url, _, _):
     ...     url.startswith("http://127.0.0.1:")  # doctest: +SKIP
     True
     """
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copy(notebook, work / notebook.name)
+    if notebook is not None:
+        shutil.copy(notebook, work / notebook.name)
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
@@ -125,8 +131,7 @@ def lab_server(notebook: Path, work: Path) -> Iterator[tuple[str, str, Path]]:
         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
         f"--LabApp.workspaces_dir={work / 'workspaces'}",
-        f"--LabApp.user_settings_dir={work / 'settings'}",
-        f"--LabApp.app_settings_dir={REPO_ROOT / 'jupyter' / 'settings'}",  # no news pop-up
+        f"--LabApp.user_settings_dir={work / 'settings'}", *settings,
     ]  # fmt: skip
     if os.geteuid() == 0:  # CI containers run as root
         command.append("--allow-root")
@@ -135,27 +140,12 @@ def lab_server(notebook: Path, work: Path) -> Iterator[tuple[str, str, Path]]:
                                    stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_status(process, url, token, log)
+        status = urllib.request.Request(f"{url}/api/status",
+                                        headers={"Authorization": f"token {token}"})
+        wait_for_answer(process, status, SERVER_START_S, "JupyterLab", log.read_text)
         yield url, token, log
     finally:
         stop_process_group(process)
-
-
-def _wait_for_status(process: subprocess.Popen, url: str, token: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited ({process.returncode}):\n"
-                               f"{log.read_text()[-3000:]}")
-        try:
-            request = urllib.request.Request(f"{url}/api/status",
-                                             headers={"Authorization": f"token {token}"})
-            with urllib.request.urlopen(request, timeout=5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"JupyterLab did not answer in {SERVER_START_S} s") from None
-            time.sleep(0.5)
 
 
 @contextmanager
