@@ -22,7 +22,7 @@ each layer alone; benchmarks/bench_mixed.py compares the two.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,10 +54,7 @@ def hutchinson_trace(
     >>> hutchinson_trace(lambda: (d * w**2).sum() / 2, {"w": w}, n_samples=2)
     {'w': 6.0}
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if not params:
-        raise ValueError("no parameters given to estimate Hessian traces for")
+    _check_request(params, n_samples)
     frozen = [name for name, p in params.items() if not p.requires_grad]
     if frozen:
         raise ValueError(f"parameters {frozen} do not require grad: no Hessian to estimate")
@@ -70,13 +67,8 @@ def hutchinson_trace(
     if unused:
         raise ValueError(f"the loss does not depend on parameters {unused}")
     _check_twice_differentiable(grads)
-    generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(len(tensors), dtype=torch.float64)
-    for _ in range(n_samples):
-        vs = [
-            (torch.randint(0, 2, t.shape, generator=generator) * 2 - 1).to(t.device, t.dtype)
-            for t in tensors
-        ]
+    for vs in _rademacher(tensors, n_samples, seed):
         if blockwise:
             hvs = [
                 torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True, allow_unused=True)[0]
@@ -90,6 +82,22 @@ def hutchinson_trace(
             if hv is not None:  # None: the gradient does not depend on the layer (zero block)
                 totals[i] += (v * hv).sum().double().cpu()
     return {name: float(t / n_samples) for name, t in zip(names, totals, strict=True)}
+
+
+def _check_request(params: Mapping[str, Tensor], n_samples: int) -> None:
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if not params:
+        raise ValueError("no parameters given to estimate Hessian traces for")
+
+
+def _rademacher(tensors: Sequence[Tensor], n_samples: int, seed: int) -> Iterator[list[Tensor]]:
+    """``n_samples`` draws of one +-1 vector per tensor, shaped like it, from a generator seeded
+    with ``seed``: both trace estimators draw these, in this order, so they agree."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(n_samples):
+        yield [(torch.randint(0, 2, t.shape, generator=generator) * 2 - 1).to(t.device, t.dtype)
+               for t in tensors]
 
 
 def _check_twice_differentiable(grads: Sequence[Tensor]) -> None:
@@ -198,17 +206,10 @@ def gauss_newton_trace(
     >>> all(abs(fast[k] - slow[k]) <= 1e-5 * slow[k] for k in chosen)
     True
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if not params:
-        raise ValueError("no parameters given to estimate Hessian traces for")
+    _check_request(params, n_samples)
     names, tensors = list(params), list(params.values())
-    generator = torch.Generator().manual_seed(seed)
-    probes = [torch.empty(n_samples, t.numel(), dtype=t.dtype, device=t.device) for t in tensors]
-    for s in range(n_samples):  # hutchinson_trace's draws, in its order
-        for probe, t in zip(probes, tensors, strict=True):
-            v = torch.randint(0, 2, t.shape, generator=generator) * 2 - 1
-            probe[s] = v.to(t.device, t.dtype).reshape(-1)
+    draws = list(_rademacher(tensors, n_samples, seed))  # hutchinson_trace's, in its order
+    probes = [torch.stack([vs[i].reshape(-1) for vs in draws]) for i in range(len(tensors))]
     totals = [torch.zeros(n_samples, dtype=torch.float64) for _ in tensors]
     model.eval()
     for b in range(features.shape[0]):
