@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true",
                         help="also time notebook 07 in headless chromium (JupyterLab)")
     args = parser.parse_args()
+    if args.browser and args.model != "tutorial_resnet":
+        parser.error("--browser times notebook 07, which opens the tutorial ResNet")
     seed_everything(0)
     results, moves_n, per_speaker, seconds, cold_every, threads = MODELS[args.model]
     moves_n = 10 if args.quick else args.moves or moves_n
